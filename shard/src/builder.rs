@@ -1,0 +1,452 @@
+//! Turns a stream of model rows into partitions and a directory.
+//!
+//! The builder owns the model-level rules of contract section 1 (vector length, finite values,
+//! unique ids, pool entries naming known products); the loader owns the syntax and attaches the
+//! file and line, which it hands in as an opaque [`RowRef`] and gets back in errors.
+//!
+//! Memory: rows are appended to per-partition staging columns; `finish` copies each partition
+//! into exactly sized blocks and drops the staging, so the built model holds no slack. Products
+//! are staged once, globally, because pools refer to them by id; pool entries are staged as
+//! 24-byte records until their containers are sorted and cut into segments.
+
+use crate::directory::{ContainerEntry, Directory, SegmentSummary};
+use crate::error::BuildError;
+use crate::hashing::{partition_of_customer, partition_of_product, partition_of_segment};
+use crate::ids::{
+    CategoryId, ContainerId, CustomerId, ModelVersion, PartitionCount, ProductId, SegmentKey,
+};
+use crate::partition::Partition;
+use crate::segment::Segment;
+use crate::table::{CustomerTable, ProductTable};
+use std::collections::HashMap;
+
+/// Where a row came from, as the caller encodes it (the loader packs file index and line).
+/// Returned inside errors that refer to an earlier row ("first seen at ...").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowRef(pub u64);
+
+/// The shape of a model version being built.
+#[derive(Clone, Debug)]
+pub struct ModelLayout {
+    pub version: ModelVersion,
+    pub dim: usize,
+    pub partitions: PartitionCount,
+    /// Largest number of products in one segment (`S`).
+    pub segment_products_max: u32,
+}
+
+/// Anything that takes the rows of a model: the [`ModelBuilder`], the brute-force
+/// [`crate::reference::ReferenceModel`].
+pub trait ModelSink {
+    /// # Errors
+    /// A [`BuildError`] naming the field at fault.
+    fn add_customer(
+        &mut self,
+        id: CustomerId,
+        vector: &[f32],
+        categories: &[(CategoryId, f32)],
+        origin: RowRef,
+    ) -> Result<(), BuildError>;
+
+    /// # Errors
+    /// A [`BuildError`] naming the field at fault.
+    fn add_product(
+        &mut self,
+        id: ProductId,
+        category: CategoryId,
+        vector: &[f32],
+        in_stock: bool,
+        origin: RowRef,
+    ) -> Result<(), BuildError>;
+
+    /// Pool entries must come after the products they name.
+    ///
+    /// # Errors
+    /// A [`BuildError`] naming the field at fault.
+    fn add_pool_entry(
+        &mut self,
+        container: ContainerId,
+        product: ProductId,
+        pool_score: f32,
+        origin: RowRef,
+    ) -> Result<(), BuildError>;
+}
+
+/// The rules shared by every sink.
+pub mod rules {
+    use super::*;
+
+    /// # Errors
+    /// `WrongDim` or `NotFinite` naming `field`.
+    pub fn check_vector(field: &'static str, vector: &[f32], dim: usize) -> Result<(), BuildError> {
+        if vector.len() != dim {
+            return Err(BuildError::WrongDim {
+                field,
+                expected: dim,
+                found: vector.len(),
+            });
+        }
+        vector.iter().try_for_each(|&v| check_finite(field, v))
+    }
+
+    /// # Errors
+    /// `NotFinite` naming `field`.
+    pub fn check_finite(field: &'static str, value: f32) -> Result<(), BuildError> {
+        if value.is_finite() {
+            Ok(())
+        } else {
+            Err(BuildError::NotFinite { field, value })
+        }
+    }
+
+    /// # Errors
+    /// `NotFinite` or `DuplicateCategory`.
+    pub fn check_categories(categories: &[(CategoryId, f32)]) -> Result<Vec<(CategoryId, f32)>, BuildError> {
+        let mut sorted = categories.to_vec();
+        for &(_, w) in &sorted {
+            check_finite("categories.weight", w)?;
+        }
+        sorted.sort_by_key(|c| c.0);
+        if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(BuildError::DuplicateCategory { category: w[0].0 });
+        }
+        Ok(sorted)
+    }
+}
+
+#[derive(Default)]
+struct CustomerStaging {
+    ids: Vec<CustomerId>,
+    vectors: Vec<f32>,
+    category_ends: Vec<u32>,
+    category_ids: Vec<CategoryId>,
+    category_weights: Vec<f32>,
+}
+
+#[derive(Default)]
+struct ProductStaging {
+    ids: Vec<ProductId>,
+    categories: Vec<CategoryId>,
+    in_stock: Vec<bool>,
+    vectors: Vec<f32>,
+    index: HashMap<ProductId, (u32, RowRef)>,
+}
+
+#[derive(Clone, Copy)]
+struct PoolEntry {
+    container: ContainerId,
+    product: u32,
+    pool_score: f32,
+    origin: RowRef,
+}
+
+/// The result of building a model: every partition (empty ones included) and the directory.
+#[derive(Debug)]
+pub struct BuiltModel {
+    pub partitions: Vec<Partition>,
+    pub directory: Directory,
+}
+
+impl BuiltModel {
+    pub fn vector_bytes(&self) -> usize {
+        self.partitions.iter().map(Partition::vector_bytes).sum()
+    }
+}
+
+pub struct ModelBuilder {
+    layout: ModelLayout,
+    customers: Vec<CustomerStaging>,
+    customer_origins: HashMap<CustomerId, RowRef>,
+    products: ProductStaging,
+    pool: Vec<PoolEntry>,
+}
+
+impl ModelBuilder {
+    /// # Panics
+    /// If the layout's dim or segment size is zero, or dim exceeds [`crate::DIM_MAX`]: the
+    /// loader validates the manifest and the configuration before building.
+    pub fn new(layout: ModelLayout) -> Self {
+        assert!((1..=crate::DIM_MAX).contains(&layout.dim));
+        assert!(layout.segment_products_max > 0);
+        let customers = (0..layout.partitions.get()).map(|_| CustomerStaging::default()).collect();
+        Self {
+            layout,
+            customers,
+            customer_origins: HashMap::new(),
+            products: ProductStaging::default(),
+            pool: Vec::new(),
+        }
+    }
+
+    pub fn layout(&self) -> &ModelLayout {
+        &self.layout
+    }
+
+    /// Sorts, segments and lays out everything staged.
+    ///
+    /// # Errors
+    /// `DuplicatePoolEntry` when a container lists a product twice.
+    pub fn finish(self) -> Result<BuiltModel, BuildError> {
+        let ModelBuilder {
+            layout,
+            customers,
+            customer_origins,
+            products,
+            mut pool,
+        } = self;
+        drop(customer_origins);
+        let dim = layout.dim;
+        let mut partitions: Vec<Partition> = layout
+            .partitions
+            .iter()
+            .map(|id| Partition::empty(id, layout.partitions, layout.version.clone(), dim))
+            .collect();
+
+        for (partition, staging) in partitions.iter_mut().zip(customers) {
+            partition.customers = customer_table(staging, dim);
+        }
+        for (index, table) in product_tables(&products, layout.partitions, dim) {
+            partitions[index].products = table;
+        }
+
+        // Duplicate (container, product) pairs first, while equal pairs are adjacent.
+        pool.sort_unstable_by_key(|e| (e.container, e.product));
+        if let Some(w) = pool
+            .windows(2)
+            .find(|w| w[0].container == w[1].container && w[0].product == w[1].product)
+        {
+            let (first, second) = if w[0].origin.0 <= w[1].origin.0 { (w[0], w[1]) } else { (w[1], w[0]) };
+            return Err(BuildError::DuplicatePoolEntry {
+                container: first.container,
+                product: products.ids[first.product as usize],
+                first: first.origin,
+                second: second.origin,
+            });
+        }
+        // Pool order: container, then pool score descending, ties by lower product id.
+        pool.sort_unstable_by(|a, b| {
+            a.container
+                .cmp(&b.container)
+                .then(b.pool_score.total_cmp(&a.pool_score))
+                .then(products.ids[a.product as usize].cmp(&products.ids[b.product as usize]))
+        });
+
+        let mut containers = HashMap::new();
+        let segment_max = layout.segment_products_max as usize;
+        for group in pool.chunk_by(|a, b| a.container == b.container) {
+            let container = group[0].container;
+            let mut entry = ContainerEntry::default();
+            for (number, entries) in group.chunks(segment_max).enumerate() {
+                let key = SegmentKey {
+                    container,
+                    number: number as u32,
+                };
+                let (segment, summary) = build_segment(key, entries, &products, dim);
+                entry.segments.push(summary);
+                partitions[partition_of_segment(key, layout.partitions).index()]
+                    .segments
+                    .push(segment);
+            }
+            containers.insert(container, entry);
+        }
+        drop(pool);
+        drop(products);
+
+        for partition in &partitions {
+            if let Err(violation) = partition.check() {
+                // The builder's own output: a bug, not bad input.
+                panic!("built partition {} is malformed: {violation}", partition.id());
+            }
+        }
+        let directory = Directory {
+            version: layout.version.clone(),
+            dim: dim as u32,
+            partitions: layout.partitions,
+            containers,
+        };
+        Ok(BuiltModel {
+            partitions,
+            directory,
+        })
+    }
+}
+
+impl ModelSink for ModelBuilder {
+    fn add_customer(
+        &mut self,
+        id: CustomerId,
+        vector: &[f32],
+        categories: &[(CategoryId, f32)],
+        origin: RowRef,
+    ) -> Result<(), BuildError> {
+        rules::check_vector("vector", vector, self.layout.dim)?;
+        let categories = rules::check_categories(categories)?;
+        if let Some(&first) = self.customer_origins.get(&id) {
+            return Err(BuildError::DuplicateCustomer { id, first });
+        }
+        let staging = &mut self.customers[partition_of_customer(id, self.layout.partitions).index()];
+        if staging.category_ids.len() + categories.len() > u32::MAX as usize {
+            return Err(BuildError::TooMany {
+                what: "category entries in one partition",
+                max: u64::from(u32::MAX),
+            });
+        }
+        self.customer_origins.insert(id, origin);
+        staging.ids.push(id);
+        staging.vectors.extend_from_slice(vector);
+        for (c, w) in categories {
+            staging.category_ids.push(c);
+            staging.category_weights.push(w);
+        }
+        staging.category_ends.push(staging.category_ids.len() as u32);
+        Ok(())
+    }
+
+    fn add_product(
+        &mut self,
+        id: ProductId,
+        category: CategoryId,
+        vector: &[f32],
+        in_stock: bool,
+        origin: RowRef,
+    ) -> Result<(), BuildError> {
+        rules::check_vector("vector", vector, self.layout.dim)?;
+        let staging = &mut self.products;
+        if let Some(&(_, first)) = staging.index.get(&id) {
+            return Err(BuildError::DuplicateProduct { id, first });
+        }
+        let index = u32::try_from(staging.ids.len())
+            .ok()
+            .filter(|&i| i < u32::MAX)
+            .ok_or(BuildError::TooMany {
+                what: "products",
+                max: u64::from(u32::MAX - 1),
+            })?;
+        staging.index.insert(id, (index, origin));
+        staging.ids.push(id);
+        staging.categories.push(category);
+        staging.in_stock.push(in_stock);
+        staging.vectors.extend_from_slice(vector);
+        Ok(())
+    }
+
+    fn add_pool_entry(
+        &mut self,
+        container: ContainerId,
+        product: ProductId,
+        pool_score: f32,
+        origin: RowRef,
+    ) -> Result<(), BuildError> {
+        rules::check_finite("pool_score", pool_score)?;
+        let Some(&(index, _)) = self.products.index.get(&product) else {
+            return Err(BuildError::UnknownProduct { product });
+        };
+        self.pool.push(PoolEntry {
+            container,
+            product: index,
+            // -0.0 and 0.0 tie in the PPS order; store one of them.
+            pool_score: pool_score + 0.0,
+            origin,
+        });
+        Ok(())
+    }
+}
+
+fn customer_table(staging: CustomerStaging, dim: usize) -> CustomerTable {
+    let n = staging.ids.len();
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_unstable_by_key(|&r| staging.ids[r as usize]);
+    let mut table = CustomerTable {
+        dim,
+        ids: Vec::with_capacity(n),
+        vectors: Vec::with_capacity(n * dim),
+        category_offsets: Vec::with_capacity(n + 1),
+        category_ids: Vec::with_capacity(staging.category_ids.len()),
+        category_weights: Vec::with_capacity(staging.category_weights.len()),
+    };
+    table.category_offsets.push(0);
+    for r in order {
+        let r = r as usize;
+        table.ids.push(staging.ids[r]);
+        table.vectors.extend_from_slice(&staging.vectors[r * dim..(r + 1) * dim]);
+        let lo = if r == 0 { 0 } else { staging.category_ends[r - 1] as usize };
+        let hi = staging.category_ends[r] as usize;
+        table.category_ids.extend_from_slice(&staging.category_ids[lo..hi]);
+        table.category_weights.extend_from_slice(&staging.category_weights[lo..hi]);
+        table.category_offsets.push(table.category_ids.len() as u32);
+    }
+    table
+}
+
+fn product_tables(
+    staging: &ProductStaging,
+    partitions: PartitionCount,
+    dim: usize,
+) -> Vec<(usize, ProductTable)> {
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); partitions.get() as usize];
+    for (r, &id) in staging.ids.iter().enumerate() {
+        rows[partition_of_product(id, partitions).index()].push(r as u32);
+    }
+    rows.into_iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(index, mut rows)| {
+            rows.sort_unstable_by_key(|&r| staging.ids[r as usize]);
+            let n = rows.len();
+            let mut table = ProductTable {
+                dim,
+                ids: Vec::with_capacity(n),
+                categories: Vec::with_capacity(n),
+                in_stock: Vec::with_capacity(n),
+                vectors: Vec::with_capacity(n * dim),
+            };
+            for r in rows {
+                let r = r as usize;
+                table.ids.push(staging.ids[r]);
+                table.categories.push(staging.categories[r]);
+                table.in_stock.push(staging.in_stock[r]);
+                table.vectors.extend_from_slice(&staging.vectors[r * dim..(r + 1) * dim]);
+            }
+            (index, table)
+        })
+        .collect()
+}
+
+fn build_segment(
+    key: SegmentKey,
+    entries: &[PoolEntry],
+    products: &ProductStaging,
+    dim: usize,
+) -> (Segment, SegmentSummary) {
+    let n = entries.len();
+    let mut segment = Segment {
+        container: key.container,
+        number: key.number,
+        dim,
+        product_ids: Vec::with_capacity(n),
+        categories: Vec::with_capacity(n),
+        pool_scores: Vec::with_capacity(n),
+        in_stock: Vec::with_capacity(n),
+        vectors: Vec::with_capacity(n * dim),
+    };
+    let mut by_category: HashMap<CategoryId, u32> = HashMap::new();
+    for e in entries {
+        let p = e.product as usize;
+        segment.product_ids.push(products.ids[p]);
+        segment.categories.push(products.categories[p]);
+        segment.pool_scores.push(e.pool_score);
+        segment.in_stock.push(products.in_stock[p]);
+        segment.vectors.extend_from_slice(&products.vectors[p * dim..(p + 1) * dim]);
+        if products.in_stock[p] {
+            *by_category.entry(products.categories[p]).or_default() += 1;
+        }
+    }
+    let mut in_stock_by_category: Vec<(CategoryId, u32)> = by_category.into_iter().collect();
+    in_stock_by_category.sort_unstable();
+    let summary = SegmentSummary {
+        products: n as u32,
+        in_stock: in_stock_by_category.iter().map(|e| e.1).sum(),
+        in_stock_by_category,
+    };
+    (segment, summary)
+}
