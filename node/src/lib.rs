@@ -1,1 +1,20 @@
-//! placeholder
+//! A data node: hosts replicas of partitions, per model version, and answers the scoring RPCs
+//! of [`scoregrid_wire`]: fetch a customer, score segments (batched, one call per request per
+//! node), score products.
+//!
+//! The hosted data is an immutable snapshot behind an `ArcSwap`: a request loads the snapshot
+//! once (no lock on the hot path) and is served from it end to end; installing or dropping a
+//! model version swaps in a new snapshot without disturbing requests in flight.
+//!
+//! # Layout
+//! - [`hosted`]: the snapshot of versions and partitions a node holds.
+//! - [`service`]: [`Node`], which answers requests from the snapshot, and its metrics.
+//! - [`local`]: [`LocalClient`], the in-process [`scoregrid_wire::NodeClient`].
+
+pub mod hosted;
+pub mod local;
+pub mod service;
+
+pub use hosted::HostedVersion;
+pub use local::LocalClient;
+pub use service::{Node, NodeStats};

@@ -1,1 +1,27 @@
-//! placeholder
+//! The stateless HTTP front of scoregrid (contract section 3).
+//!
+//! A request is validated, pinned to one model version, and answered by scattering to the nodes
+//! that hold the customer's partition and the container's pool segments, then merging their
+//! ranked answers. The router keeps no state a restart would lose: the cluster view (map,
+//! directories, node clients) is handed to it, and cursors carry their own position.
+//!
+//! # Layout
+//! - [`error`]: [`ApiError`], the contract's error JSON and status codes.
+//! - [`params`]: query-string parsing and validation, one message per bad parameter.
+//! - [`cursor`]: the opaque pagination token and its integrity check.
+//! - [`state`]: [`RouterState`] and the swappable [`ClusterView`].
+//! - [`scatter`]: the request logic: customer fetch, per-node batching, failover, merge, coverage.
+//! - [`http`]: the axum application: routes, request ids, metrics, in-flight bound.
+//! - [`telemetry`]: the Prometheus recorder and the router's metric names.
+
+pub mod cursor;
+pub mod error;
+pub mod http;
+pub mod params;
+pub mod scatter;
+pub mod state;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use http::{app, serve};
+pub use state::{ClusterView, RouterState};

@@ -29,16 +29,16 @@ pub struct CustomerView<'a> {
 impl CustomerView<'_> {
     /// The customer's top `k` categories by weight, ties by lower category id (the CA stage).
     pub fn top_categories(&self, k: usize) -> Vec<(CategoryId, f32)> {
-        let mut all: Vec<(CategoryId, f32)> = self
-            .category_ids
-            .iter()
-            .copied()
-            .zip(self.category_weights.iter().copied())
-            .collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        all.truncate(k);
-        all
+        top_categories(self.category_ids, self.category_weights, k)
     }
+}
+
+/// The top `k` of a customer's categories by weight, ties by lower category id.
+pub fn top_categories(ids: &[CategoryId], weights: &[f32], k: usize) -> Vec<(CategoryId, f32)> {
+    let mut all: Vec<(CategoryId, f32)> = ids.iter().copied().zip(weights.iter().copied()).collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
 }
 
 impl CustomerTable {

@@ -1,0 +1,373 @@
+//! The axum application: routes of contract section 3, and one middleware that gives every
+//! request an id (the `x-request-id` header, or a fresh one), bounds the requests in flight,
+//! records `scoregrid_http_*` metrics, and logs failures with the request id.
+
+use crate::error::ApiError;
+use crate::params::{RecommendParams, parse_categories_k, parse_unsigned};
+use crate::state::RouterState;
+use crate::telemetry;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use scoregrid_raft::NodeState;
+use scoregrid_shard::hashing::mix64;
+use scoregrid_shard::table::top_categories;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// Longest `x-request-id` accepted from a client; longer ones are replaced.
+const REQUEST_ID_CHARS_MAX: usize = 128;
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode response: {e}")).into_response(),
+    }
+}
+
+pub fn app(state: Arc<RouterState>) -> Router {
+    let body_max = state.config.http.request_body_bytes_max;
+    Router::new()
+        .route("/v1/recommend", get(recommend))
+        .route("/v1/score", post(score))
+        .route("/v1/customers/{id}/categories", get(categories))
+        .route("/v1/cluster", get(cluster))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains requests in flight.
+///
+/// # Errors
+/// The listener's I/O error.
+pub async fn serve(
+    state: Arc<RouterState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Small responses: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn observe(State(state): State<Arc<RouterState>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| match p.as_str() {
+            "/v1/recommend" => "/v1/recommend",
+            "/v1/score" => "/v1/score",
+            "/v1/customers/{id}/categories" => "/v1/customers/{id}/categories",
+            "/v1/cluster" => "/v1/cluster",
+            "/metrics" => "/metrics",
+            "/healthz" => "/healthz",
+            "/readyz" => "/readyz",
+            _ => "other",
+        });
+    let request_id: Arc<str> = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() && id.len() <= REQUEST_ID_CHARS_MAX => Arc::from(id),
+        _ => {
+            let seq = state.request_seq.fetch_add(1, Ordering::Relaxed);
+            Arc::from(format!("{:016x}", mix64(seq ^ process_salt())))
+        }
+    };
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+
+    let mut response = match state.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::overloaded().into_response(),
+    };
+
+    let status = response.status();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+    if status.is_client_error() || status.is_server_error() {
+        let message = response.extensions().get::<ApiError>().map(|e| e.message.clone()).unwrap_or_default();
+        if status.is_server_error() {
+            tracing::warn!(request_id = %request_id, route, status = status.as_u16(), %message, "request failed");
+        } else {
+            tracing::debug!(request_id = %request_id, route, status = status.as_u16(), %message, "request refused");
+        }
+    }
+    response
+}
+
+/// Distinguishes request ids of two router processes started at the same time.
+fn process_salt() -> u64 {
+    use std::sync::OnceLock;
+    static SALT: OnceLock<u64> = OnceLock::new();
+    *SALT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        mix64(nanos ^ u64::from(std::process::id()))
+    })
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[derive(Serialize)]
+struct ItemBody {
+    product: u64,
+    score: f32,
+    category: u32,
+}
+
+#[derive(Serialize)]
+struct CoverageBody {
+    segments: u32,
+    answered: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    degraded: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct RecommendBody {
+    customer: u64,
+    container: u64,
+    model_version: String,
+    personalized: bool,
+    items: Vec<ItemBody>,
+    next_cursor: Option<String>,
+    coverage: CoverageBody,
+    took_us: u64,
+}
+
+async fn recommend(State(state): State<Arc<RouterState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let params = RecommendParams::parse(query.as_deref(), &state.config.api)?;
+    let (customer, container) = (params.customer, params.container);
+    let r = state.recommend(params).await?;
+    let body = RecommendBody {
+        customer,
+        container,
+        model_version: r.version.to_string(),
+        personalized: r.personalized,
+        items: r
+            .items
+            .iter()
+            .map(|i| ItemBody {
+                product: i.product,
+                score: i.score,
+                category: i.category,
+            })
+            .collect(),
+        next_cursor: r.next_cursor,
+        coverage: CoverageBody {
+            segments: r.coverage.segments,
+            answered: r.coverage.answered,
+            degraded: r.coverage.degraded.into_iter().collect(),
+        },
+        took_us: started.elapsed().as_micros() as u64,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreRequest {
+    customer: u64,
+    products: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct ScoreBody {
+    scores: Vec<ScoreItem>,
+    missing: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct ScoreItem {
+    product: u64,
+    score: f32,
+}
+
+async fn score(State(state): State<Arc<RouterState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "payload_too_large",
+                format!("request body larger than {} bytes", state.config.http.request_body_bytes_max),
+            )
+        } else {
+            ApiError::bad_body(rejection.body_text())
+        }
+    })?;
+    let request: ScoreRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_body(format!("body must be {{\"customer\":U64,\"products\":[U64, ...]}}: {e}")))?;
+    let max = state.config.api.score_products_max;
+    if request.products.len() > max {
+        return Err(ApiError::bad_body(format!(
+            "at most {max} products per call, got {}",
+            request.products.len()
+        )));
+    }
+    let (scores, missing) = state.score_products(request.customer, request.products).await?;
+    let body = ScoreBody {
+        scores: scores
+            .into_iter()
+            .map(|s| ScoreItem {
+                product: s.product,
+                score: s.score,
+            })
+            .collect(),
+        missing,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize)]
+struct CategoriesBody {
+    customer: u64,
+    categories: Vec<CategoryItem>,
+}
+
+#[derive(Serialize)]
+struct CategoryItem {
+    category: u32,
+    weight: f32,
+}
+
+async fn categories(
+    State(state): State<Arc<RouterState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let customer = parse_unsigned("id", &id, u64::MAX, "an unsigned 64-bit integer")?;
+    let k = parse_categories_k(query.as_deref(), &state.config.api)?;
+    let profile = state.customer_profile(customer).await?;
+    let categories = top_categories(&profile.category_ids, &profile.category_weights, k)
+        .into_iter()
+        .map(|(category, weight)| CategoryItem { category, weight })
+        .collect();
+    Ok(json(StatusCode::OK, &CategoriesBody { customer, categories }))
+}
+
+async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiError> {
+    let view = state
+        .view()
+        .ok_or_else(|| ApiError::unavailable("the router has no cluster map yet"))?;
+    let map = &view.map;
+    let placement = &map.placement;
+    let mut routees: Vec<_> = view
+        .routees
+        .iter()
+        .map(|(id, r)| {
+            serde_json::json!({
+                "node": id.0,
+                "calls": r.calls.load(Ordering::Relaxed),
+                "errors": r.errors.load(Ordering::Relaxed),
+                "last_error": r.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        })
+        .collect();
+    routees.sort_by_key(|r| r["node"].as_u64());
+    let body = serde_json::json!({
+        "epoch": map.epoch.0,
+        "membership": {
+            "mode": "static",
+            "leader": null,
+            "term": null,
+            "note": "membership is static configuration until the Raft layer lands",
+        },
+        "members": map.nodes.iter().map(|n| serde_json::json!({
+            "id": n.id.0,
+            "address": n.address,
+            "role": "data",
+            "state": n.state,
+        })).collect::<Vec<_>>(),
+        "placement": {
+            "partitions": placement.partitions().get(),
+            "replication_factor": placement.replication_factor(),
+            "load": placement.load().into_iter().map(|(n, count)| (n.0.to_string(), count)).collect::<std::collections::BTreeMap<_, _>>(),
+            "replicas": placement.partitions().iter().map(|p| placement.replicas(p).iter().map(|n| n.0).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        },
+        "models": map.models.iter().map(|m| serde_json::json!({
+            "version": m.version.as_str(),
+            "state": m.state,
+            "containers": view.directories.get(&m.version).map(|d| d.containers.len()),
+            "segments": view.directories.get(&m.version).map(|d| d.segment_count()),
+        })).collect::<Vec<_>>(),
+        "routees": routees,
+        "up": map.nodes.iter().filter(|n| n.state == NodeState::Up).count(),
+    });
+    Ok(json(StatusCode::OK, &body))
+}
+
+async fn metrics_text(State(state): State<Arc<RouterState>>) -> Response {
+    match &state.prometheus {
+        Some(handle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::unavailable("no metrics recorder in this process").into_response(),
+    }
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<RouterState>>) -> Response {
+    let Some(view) = state.view() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no cluster map yet").into_response();
+    };
+    match view.active() {
+        Some((version, _)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "model_version": version.as_str(), "epoch": view.map.epoch.0}),
+        ),
+        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no model version is active").into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see GET /v1/recommend, POST /v1/score, GET /v1/cluster")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}

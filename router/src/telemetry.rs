@@ -1,0 +1,40 @@
+//! Metrics: the Prometheus recorder (installed once per process) and the router's metric
+//! names. Histograms get explicit buckets so that `/metrics` exposes real histograms, from
+//! which any percentile can be aggregated across routers, rather than per-process summaries.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const HTTP_REQUESTS: &str = "scoregrid_http_requests_total";
+pub const HTTP_DURATION: &str = "scoregrid_http_request_duration_seconds";
+pub const STAGE_DURATION: &str = "scoregrid_recommend_stage_seconds";
+pub const PARTIAL_ANSWERS: &str = "scoregrid_recommend_partial_total";
+pub const NODE_CALL_ERRORS: &str = "scoregrid_router_node_call_errors_total";
+pub const ITEMS_RETURNED: &str = "scoregrid_recommend_items_total";
+
+/// Latency buckets, in seconds: 25 µs to 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's global recorder, once; later calls return
+/// the same handle. `None` if another recorder was installed first (then `/metrics` says so).
+pub fn prometheus() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,122 @@
+//! Requests and replies between router and nodes. One [`Request`] is one remote call; every
+//! request names the model version it is for, so that a request is served from one version end
+//! to end even while a new one is being activated.
+
+use scoregrid_shard::{
+    Affinities, CategoryId, CustomerId, ModelVersion, ProductId, RankKey, RankedItem,
+    ScoringWeights, SegmentKey,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A data node's identity in the cluster map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    FetchCustomer(FetchCustomer),
+    ScoreSegments(ScoreSegments),
+    ScoreProducts(ScoreProducts),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// `None`: the node holds the customer's partition and the customer is not in it.
+    Customer(Option<CustomerProfile>),
+    Segments(ScoreSegmentsReply),
+    Products(ScoreProductsReply),
+    Error(NodeError),
+}
+
+/// Fetch a customer's vector and categories from a replica of its partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchCustomer {
+    pub version: ModelVersion,
+    pub customer: CustomerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CustomerProfile {
+    pub vector: Vec<f32>,
+    /// Sorted by category id.
+    pub category_ids: Vec<CategoryId>,
+    pub category_weights: Vec<f32>,
+}
+
+impl CustomerProfile {
+    /// `a(c, g)` of the scoring rule for this customer.
+    pub fn affinities(&self) -> Affinities {
+        Affinities::from_sorted(&self.category_ids, &self.category_weights)
+    }
+}
+
+/// One segment to score and how many of its candidates take part (the PPS cut-off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentTake {
+    pub key: SegmentKey,
+    pub take: u32,
+}
+
+/// Score some segments of one container for one customer: one call per node per request, all
+/// of that node's segments batched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSegments {
+    pub version: ModelVersion,
+    /// `None` for an unknown customer: scores are then `w_pool * pool_score`.
+    pub vector: Option<Vec<f32>>,
+    pub affinities: Affinities,
+    pub weights: ScoringWeights,
+    pub category: Option<CategoryId>,
+    pub segments: Vec<SegmentTake>,
+    /// Items to return: the node's best `k` over all its segments.
+    pub k: u32,
+    /// Only items ranking strictly after this position.
+    pub after: Option<RankKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSegmentsReply {
+    /// At most `k` items, in ranking order.
+    pub items: Vec<RankedItem>,
+    /// Segments of the request that this node does not hold for that version.
+    pub missing: Vec<SegmentKey>,
+    /// Candidates scored, for metrics.
+    pub scored: u64,
+}
+
+/// The CF stage alone for a list of products (`POST /v1/score`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreProducts {
+    pub version: ModelVersion,
+    pub vector: Vec<f32>,
+    pub products: Vec<ProductId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductScore {
+    pub product: ProductId,
+    pub score: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreProductsReply {
+    pub scores: Vec<ProductScore>,
+    /// Products of the request that this node does not hold.
+    pub missing: Vec<ProductId>,
+}
+
+/// An error a node returns instead of a reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NodeError {
+    #[error("model version {0} is not hosted on this node")]
+    UnknownVersion(ModelVersion),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
