@@ -252,10 +252,11 @@ impl Config {
             message: e.to_string(),
         })?;
         overrides::apply_env(&mut table, env)?;
-        let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let config: Config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -268,7 +269,12 @@ impl Config {
     /// # Errors
     /// `ConfigError::Invalid` naming the first key whose value is out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
         if !self.scoring.w_affinity.is_finite() {
             return invalid("scoring.w_affinity", "must be a finite number");
         }
@@ -292,7 +298,10 @@ impl Config {
             return invalid("api.categories_k_max", "must be at least 1");
         }
         if !(1..=api.categories_k_max).contains(&api.categories_k_default) {
-            return invalid("api.categories_k_default", "must be in 1..=api.categories_k_max");
+            return invalid(
+                "api.categories_k_default",
+                "must be in 1..=api.categories_k_max",
+            );
         }
         if self.http.request_body_bytes_max < 1024 {
             return invalid("http.request_body_bytes_max", "must be at least 1024");
@@ -313,8 +322,8 @@ impl Config {
         if !(1..=4096).contains(&p.virtual_nodes) {
             return invalid("placement.virtual_nodes", "must be in 1..=4096");
         }
-        if !(1..=1 << 20).contains(&self.model.segment_products_max) {
-            return invalid("model.segment_products_max", "must be in 1..=1048576");
+        if !(1..=65_536).contains(&self.model.segment_products_max) {
+            return invalid("model.segment_products_max", "must be in 1..=65536");
         }
         let d = &self.demo;
         if !(1..=64).contains(&d.nodes) {
@@ -324,7 +333,10 @@ impl Config {
             return invalid("demo.dim", "must be in 1..=1024");
         }
         if d.products == 0 || d.containers == 0 {
-            return invalid("demo.products", "demo.products and demo.containers must be at least 1");
+            return invalid(
+                "demo.products",
+                "demo.products and demo.containers must be at least 1",
+            );
         }
         Ok(())
     }
@@ -355,7 +367,11 @@ mod tests {
     fn file_then_environment_override_defaults() {
         let c = parse(
             "[scoring]\nw_pool = 0.5\n[http]\naddr = \"127.0.0.2:9000\"\n",
-            &[("SCOREGRID_SCORING_W_POOL", "0.25"), ("SCOREGRID_DEMO_NODES", "5"), ("PATH", "/bin")],
+            &[
+                ("SCOREGRID_SCORING_W_POOL", "0.25"),
+                ("SCOREGRID_DEMO_NODES", "5"),
+                ("PATH", "/bin"),
+            ],
         )
         .unwrap();
         assert_eq!(c.scoring.w_pool, 0.25);
@@ -365,23 +381,35 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let e = parse("[scoring]\nw_pol = 0.5\n", &[]).unwrap_err().to_string();
+        let e = parse("[scoring]\nw_pol = 0.5\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("w_pol"), "{e}");
         let e = parse("[nope]\n", &[]).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
-        let e = parse("", &[("SCOREGRID_SCORING_W_POL", "1")]).unwrap_err().to_string();
+        let e = parse("", &[("SCOREGRID_SCORING_W_POL", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SCOREGRID_SCORING_W_POL"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = parse("[api]\nlimit_max = 0\n", &[]).unwrap_err().to_string();
+        let e = parse("[api]\nlimit_max = 0\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("api.limit_max"), "{e}");
-        let e = parse("", &[("SCOREGRID_DEMO_NODES", "many")]).unwrap_err().to_string();
+        let e = parse("", &[("SCOREGRID_DEMO_NODES", "many")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SCOREGRID_DEMO_NODES"), "{e}");
-        let e = parse("[scoring]\nw_pool = nan\n", &[]).unwrap_err().to_string();
+        let e = parse("[scoring]\nw_pool = nan\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("scoring.w_pool"), "{e}");
-        let e = parse("[http]\naddr = \"localhost\"\n", &[]).unwrap_err().to_string();
+        let e = parse("[http]\naddr = \"localhost\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("addr"), "{e}");
     }
 

@@ -31,7 +31,9 @@ pub(crate) fn apply_env(
         }
         let found = defaults.iter().find_map(|(section, keys)| {
             let keys = keys.as_table()?;
-            let key_part = rest.strip_prefix(&section.to_uppercase())?.strip_prefix('_')?;
+            let key_part = rest
+                .strip_prefix(&section.to_uppercase())?
+                .strip_prefix('_')?;
             keys.iter()
                 .find(|(key, _)| key.to_uppercase() == key_part)
                 .map(|(key, default)| (section.clone(), key.clone(), default.clone()))
@@ -69,9 +71,20 @@ fn parse_like(default: &toml::Value, value: &str) -> Result<toml::Value, String>
     let bad = |kind: &str| format!("expected {kind}, got {value:?}");
     Ok(match default {
         toml::Value::String(_) => toml::Value::String(value.to_string()),
-        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().map_err(|_| bad("an integer"))?),
-        toml::Value::Float(_) => toml::Value::Float(value.trim().parse().map_err(|_| bad("a number"))?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse().map_err(|_| bad("true or false"))?),
-        other => return Err(format!("cannot be set from the environment (a {})", other.type_str())),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(value.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Float(_) => {
+            toml::Value::Float(value.trim().parse().map_err(|_| bad("a number"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(value.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        other => {
+            return Err(format!(
+                "cannot be set from the environment (a {})",
+                other.type_str()
+            ));
+        }
     })
 }

@@ -28,7 +28,11 @@ impl HostedVersion {
         let mut slots: Vec<Option<Arc<Partition>>> = vec![None; partition_count.get() as usize];
         for p in partitions {
             assert_eq!(p.version(), &version, "partition of another version");
-            assert_eq!(p.partition_count(), partition_count, "partition of another layout");
+            assert_eq!(
+                p.partition_count(),
+                partition_count,
+                "partition of another layout"
+            );
             assert_eq!(p.dim(), dim, "partition of another dim");
             let index = p.id().index();
             slots[index] = Some(Arc::new(p));

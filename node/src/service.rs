@@ -34,9 +34,7 @@ struct NodeMetrics {
 impl NodeMetrics {
     fn new(id: NodeId) -> Self {
         let node = id.to_string();
-        let requests = |kind: &'static str| {
-            metrics::counter!("scoregrid_node_requests_total", "node" => node.clone(), "kind" => kind)
-        };
+        let requests = |kind: &'static str| metrics::counter!("scoregrid_node_requests_total", "node" => node.clone(), "kind" => kind);
         Self {
             requests_fetch: requests("fetch_customer"),
             requests_score_segments: requests("score_segments"),
@@ -59,7 +57,11 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStats {
     pub id: NodeId,
-    pub versions: Vec<(ModelVersion, usize /* partitions */, usize /* vector bytes */)>,
+    pub versions: Vec<(
+        ModelVersion,
+        usize, /* partitions */
+        usize, /* vector bytes */
+    )>,
 }
 
 impl Node {
@@ -83,7 +85,12 @@ impl Node {
         partition_count: PartitionCount,
         partitions: Vec<Partition>,
     ) {
-        let hosted = Arc::new(HostedVersion::new(version.clone(), dim, partition_count, partitions));
+        let hosted = Arc::new(HostedVersion::new(
+            version.clone(),
+            dim,
+            partition_count,
+            partitions,
+        ));
         metrics::gauge!("scoregrid_node_vector_bytes", "node" => self.id.to_string(), "version" => version.to_string())
             .set(hosted.vector_bytes() as f64);
         self.hosted.rcu(|current| {
@@ -108,10 +115,19 @@ impl Node {
         let mut versions: Vec<_> = hosted
             .versions
             .values()
-            .map(|h| (h.version().clone(), h.partitions().count(), h.vector_bytes()))
+            .map(|h| {
+                (
+                    h.version().clone(),
+                    h.partitions().count(),
+                    h.vector_bytes(),
+                )
+            })
             .collect();
         versions.sort();
-        NodeStats { id: self.id, versions }
+        NodeStats {
+            id: self.id,
+            versions,
+        }
     }
 
     /// Answers one request.
@@ -141,13 +157,19 @@ impl Node {
         self.metrics.requests_fetch.increment(1);
         let hosted = self.version(&request.version)?;
         let partition = hosted.customer_partition(request.customer).ok_or_else(|| {
-            NodeError::BadRequest(format!("customer {} is not in a partition hosted here", request.customer))
+            NodeError::BadRequest(format!(
+                "customer {} is not in a partition hosted here",
+                request.customer
+            ))
         })?;
-        Ok(partition.customers().get(request.customer).map(|c| CustomerProfile {
-            vector: c.vector.to_vec(),
-            category_ids: c.category_ids.to_vec(),
-            category_weights: c.category_weights.to_vec(),
-        }))
+        Ok(partition
+            .customers()
+            .get(request.customer)
+            .map(|c| CustomerProfile {
+                vector: c.vector.to_vec(),
+                category_ids: c.category_ids.to_vec(),
+                category_weights: c.category_weights.to_vec(),
+            }))
     }
 
     fn score_segments(&self, request: ScoreSegments) -> Result<ScoreSegmentsReply, NodeError> {
@@ -156,7 +178,11 @@ impl Node {
         if let Some(v) = &request.vector
             && v.len() != hosted.dim()
         {
-            return Err(NodeError::BadRequest(format!("vector has {} values, the model {}", v.len(), hosted.dim())));
+            return Err(NodeError::BadRequest(format!(
+                "vector has {} values, the model {}",
+                v.len(),
+                hosted.dim()
+            )));
         }
         let mut top = TopK::new(request.k as usize);
         let mut missing = Vec::new();
@@ -180,7 +206,9 @@ impl Node {
         }
         self.metrics.products_scored.increment(scored);
         self.metrics.segments_scored.increment(segments);
-        self.metrics.segments_missing.increment(missing.len() as u64);
+        self.metrics
+            .segments_missing
+            .increment(missing.len() as u64);
         Ok(ScoreSegmentsReply {
             items: top.into_sorted(),
             missing,
@@ -212,7 +240,9 @@ impl Node {
                 None => reply.missing.push(product),
             }
         }
-        self.metrics.products_scored.increment(reply.scores.len() as u64);
+        self.metrics
+            .products_scored
+            .increment(reply.scores.len() as u64);
         Ok(reply)
     }
 }

@@ -127,7 +127,13 @@ impl ClusterMap {
             .map(|n| n.id)
             .collect();
         self.placement.check(&up)?;
-        if self.models.iter().filter(|m| m.state == ModelState::Active).count() > 1 {
+        if self
+            .models
+            .iter()
+            .filter(|m| m.state == ModelState::Active)
+            .count()
+            > 1
+        {
             return Err(MapError::Broken("more than one active model".into()));
         }
         Ok(())
@@ -160,7 +166,13 @@ mod tests {
         map.activate(v2.clone());
         assert_eq!(map.active_model(), Some(&v2));
         assert_eq!(map.epoch, Epoch(3));
-        assert_eq!(map.models[0], ModelRecord { version: v1, state: ModelState::Retired });
+        assert_eq!(
+            map.models[0],
+            ModelRecord {
+                version: v1,
+                state: ModelState::Retired
+            }
+        );
         map.check().unwrap();
     }
 

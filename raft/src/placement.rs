@@ -163,7 +163,9 @@ impl Placement {
             let row = self.replicas(p);
             for (i, n) in row.iter().enumerate() {
                 if !nodes.contains(n) {
-                    return Err(PlacementError::Broken(format!("{p} placed on {n}, not a member")));
+                    return Err(PlacementError::Broken(format!(
+                        "{p} placed on {n}, not a member"
+                    )));
                 }
                 if row[..i].contains(n) {
                     return Err(PlacementError::Broken(format!("{p} has {n} twice")));
@@ -184,7 +186,12 @@ mod tests {
     }
 
     /// The ring walked the slow way: every point's clockwise distance from the partition.
-    fn naive(nodes: &[NodeId], partitions: PartitionCount, rf: usize, vnodes: u32) -> Vec<Vec<NodeId>> {
+    fn naive(
+        nodes: &[NodeId],
+        partitions: PartitionCount,
+        rf: usize,
+        vnodes: u32,
+    ) -> Vec<Vec<NodeId>> {
         partitions
             .iter()
             .map(|p| {
@@ -240,7 +247,10 @@ mod tests {
             let load = placement.load();
             let mean = (1024.0 * 2.0) / n as f64;
             let max = *load.values().max().unwrap() as f64;
-            assert!(max / mean < 1.15, "{n} nodes: max {max} vs mean {mean}: {load:?}");
+            assert!(
+                max / mean < 1.15,
+                "{n} nodes: max {max} vs mean {mean}: {load:?}"
+            );
         }
     }
 
@@ -250,16 +260,24 @@ mod tests {
         let rf = ReplicationFactor::new(1).unwrap();
         let before = Placement::compute(&ids(4), p, rf, 256).unwrap();
         let after = Placement::compute(&ids(5), p, rf, 256).unwrap();
-        let moved = p.iter().filter(|&q| before.replicas(q) != after.replicas(q)).count();
+        let moved = p
+            .iter()
+            .filter(|&q| before.replicas(q) != after.replicas(q))
+            .count();
         // Ideal: 1/5 of the partitions move, all of them to the new node.
         assert!((150..=260).contains(&moved), "{moved} moved");
-        assert!(p.iter().filter(|&q| before.replicas(q) != after.replicas(q)).all(|q| after.replicas(q) == [NodeId(5)]));
+        assert!(
+            p.iter()
+                .filter(|&q| before.replicas(q) != after.replicas(q))
+                .all(|q| after.replicas(q) == [NodeId(5)])
+        );
     }
 
     #[test]
     fn too_few_nodes_is_an_error() {
         let p = PartitionCount::new(8).unwrap();
-        let e = Placement::compute(&ids(1), p, ReplicationFactor::new(2).unwrap(), 256).unwrap_err();
+        let e =
+            Placement::compute(&ids(1), p, ReplicationFactor::new(2).unwrap(), 256).unwrap_err();
         assert_eq!(e, PlacementError::NotEnoughNodes { rf: 2, up: 1 });
     }
 }

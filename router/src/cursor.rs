@@ -32,7 +32,9 @@ pub struct Cursor {
 pub enum CursorError {
     #[error("cursor is not a valid token")]
     Garbage,
-    #[error("cursor was issued for another request (customer, container, category and candidates must be the same)")]
+    #[error(
+        "cursor was issued for another request (customer, container, category and candidates must be the same)"
+    )]
     Mismatch,
 }
 
@@ -45,8 +47,15 @@ impl Cursor {
         b.extend_from_slice(version);
         b.extend_from_slice(&self.customer.to_le_bytes());
         b.extend_from_slice(&self.container.to_le_bytes());
-        let flags = if self.category.is_some() { HAS_CATEGORY } else { 0 }
-            | if self.candidates.is_some() { HAS_CANDIDATES } else { 0 };
+        let flags = if self.category.is_some() {
+            HAS_CATEGORY
+        } else {
+            0
+        } | if self.candidates.is_some() {
+            HAS_CANDIDATES
+        } else {
+            0
+        };
         b.push(flags);
         b.extend_from_slice(&self.category.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&self.candidates.unwrap_or(0).to_le_bytes());
@@ -60,8 +69,12 @@ impl Cursor {
     /// # Errors
     /// `CursorError::Garbage` for anything that is not a token this router issued.
     pub fn decode(token: &str) -> Result<Self, CursorError> {
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| CursorError::Garbage)?;
-        let (body, crc) = bytes.split_at_checked(bytes.len().saturating_sub(4)).ok_or(CursorError::Garbage)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| CursorError::Garbage)?;
+        let (body, crc) = bytes
+            .split_at_checked(bytes.len().saturating_sub(4))
+            .ok_or(CursorError::Garbage)?;
         if crc.len() != 4 || crc32fast::hash(body).to_le_bytes() != crc {
             return Err(CursorError::Garbage);
         }
@@ -103,7 +116,13 @@ impl Cursor {
         category: Option<CategoryId>,
         candidates: Option<u64>,
     ) -> Result<(), CursorError> {
-        if (self.customer, self.container, self.category, self.candidates) == (customer, container, category, candidates) {
+        if (
+            self.customer,
+            self.container,
+            self.category,
+            self.candidates,
+        ) == (customer, container, category, candidates)
+        {
             Ok(())
         } else {
             Err(CursorError::Mismatch)
@@ -129,7 +148,9 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, CursorError> {
         let b = self.take(8)?;
-        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        Ok(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
     }
 }
 
@@ -167,13 +188,22 @@ mod tests {
             container: 2,
             category: None,
             candidates: Some(10),
-            after: RankKey { score: 0.5, product: 9 },
+            after: RankKey {
+                score: 0.5,
+                product: 9,
+            },
         };
         let token = c.encode();
         let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
         bytes[5] ^= 1;
-        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode(bytes)), Err(CursorError::Garbage));
+        assert_eq!(
+            Cursor::decode(&URL_SAFE_NO_PAD.encode(bytes)),
+            Err(CursorError::Garbage)
+        );
         assert_eq!(c.check_matches(1, 2, None, Some(10)), Ok(()));
-        assert_eq!(c.check_matches(1, 2, Some(3), Some(10)), Err(CursorError::Mismatch));
+        assert_eq!(
+            c.check_matches(1, 2, Some(3), Some(10)),
+            Err(CursorError::Mismatch)
+        );
     }
 }

@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::params::{RecommendParams, parse_categories_k, parse_unsigned};
 use crate::state::RouterState;
 use crate::telemetry;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
@@ -13,7 +14,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use scoregrid_raft::NodeState;
 use scoregrid_shard::hashing::mix64;
 use scoregrid_shard::table::top_categories;
@@ -33,8 +33,20 @@ pub struct RequestId(pub Arc<str>);
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode response: {e}")).into_response(),
+        Ok(body) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode response: {e}"),
+        )
+            .into_response(),
     }
 }
 
@@ -69,10 +81,16 @@ pub async fn serve(
         // Small responses: do not let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
-async fn observe(State(state): State<Arc<RouterState>>, mut request: Request, next: Next) -> Response {
+async fn observe(
+    State(state): State<Arc<RouterState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
@@ -87,14 +105,20 @@ async fn observe(State(state): State<Arc<RouterState>>, mut request: Request, ne
             "/readyz" => "/readyz",
             _ => "other",
         });
-    let request_id: Arc<str> = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+    let request_id: Arc<str> = match request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(id) if !id.is_empty() && id.len() <= REQUEST_ID_CHARS_MAX => Arc::from(id),
         _ => {
             let seq = state.request_seq.fetch_add(1, Ordering::Relaxed);
             Arc::from(format!("{:016x}", mix64(seq ^ process_salt())))
         }
     };
-    request.extensions_mut().insert(RequestId(request_id.clone()));
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
 
     let mut response = match state.in_flight.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
@@ -105,10 +129,16 @@ async fn observe(State(state): State<Arc<RouterState>>, mut request: Request, ne
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status_label(status))
+        .increment(1);
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     if status.is_client_error() || status.is_server_error() {
-        let message = response.extensions().get::<ApiError>().map(|e| e.message.clone()).unwrap_or_default();
+        let message = response
+            .extensions()
+            .get::<ApiError>()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
         if status.is_server_error() {
             tracing::warn!(request_id = %request_id, route, status = status.as_u16(), %message, "request failed");
         } else {
@@ -172,7 +202,10 @@ struct RecommendBody {
     took_us: u64,
 }
 
-async fn recommend(State(state): State<Arc<RouterState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+async fn recommend(
+    State(state): State<Arc<RouterState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let params = RecommendParams::parse(query.as_deref(), &state.config.api)?;
     let (customer, container) = (params.customer, params.container);
@@ -221,21 +254,30 @@ struct ScoreItem {
     score: f32,
 }
 
-async fn score(State(state): State<Arc<RouterState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn score(
+    State(state): State<Arc<RouterState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 status,
                 "payload_too_large",
-                format!("request body larger than {} bytes", state.config.http.request_body_bytes_max),
+                format!(
+                    "request body larger than {} bytes",
+                    state.config.http.request_body_bytes_max
+                ),
             )
         } else {
             ApiError::bad_body(rejection.body_text())
         }
     })?;
-    let request: ScoreRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_body(format!("body must be {{\"customer\":U64,\"products\":[U64, ...]}}: {e}")))?;
+    let request: ScoreRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_body(format!(
+            "body must be {{\"customer\":U64,\"products\":[U64, ...]}}: {e}"
+        ))
+    })?;
     let max = state.config.api.score_products_max;
     if request.products.len() > max {
         return Err(ApiError::bad_body(format!(
@@ -243,7 +285,9 @@ async fn score(State(state): State<Arc<RouterState>>, body: Result<Bytes, BytesR
             request.products.len()
         )));
     }
-    let (scores, missing) = state.score_products(request.customer, request.products).await?;
+    let (scores, missing) = state
+        .score_products(request.customer, request.products)
+        .await?;
     let body = ScoreBody {
         scores: scores
             .into_iter()
@@ -281,7 +325,13 @@ async fn categories(
         .into_iter()
         .map(|(category, weight)| CategoryItem { category, weight })
         .collect();
-    Ok(json(StatusCode::OK, &CategoriesBody { customer, categories }))
+    Ok(json(
+        StatusCode::OK,
+        &CategoriesBody {
+            customer,
+            categories,
+        },
+    ))
 }
 
 async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiError> {
@@ -339,7 +389,10 @@ async fn metrics_text(State(state): State<Arc<RouterState>>) -> Response {
     match &state.prometheus {
         Some(handle) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            )],
             handle.render(),
         )
             .into_response(),
@@ -353,14 +406,24 @@ async fn healthz() -> Response {
 
 async fn readyz(State(state): State<Arc<RouterState>>) -> Response {
     let Some(view) = state.view() else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no cluster map yet").into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no cluster map yet",
+        )
+        .into_response();
     };
     match view.active() {
         Some((version, _)) => json(
             StatusCode::OK,
             &serde_json::json!({"status": "ready", "model_version": version.as_str(), "epoch": view.map.epoch.0}),
         ),
-        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no model version is active").into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no model version is active",
+        )
+        .into_response(),
     }
 }
 
@@ -369,5 +432,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }

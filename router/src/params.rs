@@ -31,7 +31,9 @@ fn pairs(query: &str, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiErro
             )));
         }
         if out.iter().any(|(n, _)| *n == name) {
-            return Err(ApiError::bad_parameter(format!("parameter `{name}` given more than once")));
+            return Err(ApiError::bad_parameter(format!(
+                "parameter `{name}` given more than once"
+            )));
         }
         out.push((name.into_owned(), value.into_owned()));
     }
@@ -39,13 +41,21 @@ fn pairs(query: &str, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiErro
 }
 
 fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// An unsigned decimal integer of at most `max`: digits only (no sign, no spaces, no `+`).
 pub fn parse_unsigned(name: &str, value: &str, max: u64, kind: &str) -> Result<u64, ApiError> {
-    let digits = !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit());
-    let parsed = if digits { value.parse::<u64>().ok() } else { None };
+    let digits =
+        !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit());
+    let parsed = if digits {
+        value.parse::<u64>().ok()
+    } else {
+        None
+    };
     match parsed {
         Some(v) if v <= max => Ok(v),
         _ => Err(ApiError::bad_parameter(format!(
@@ -55,7 +65,8 @@ pub fn parse_unsigned(name: &str, value: &str, max: u64, kind: &str) -> Result<u
 }
 
 fn required<'a>(pairs: &'a [(String, String)], name: &str) -> Result<&'a str, ApiError> {
-    get(pairs, name).ok_or_else(|| ApiError::bad_parameter(format!("parameter `{name}` is required")))
+    get(pairs, name)
+        .ok_or_else(|| ApiError::bad_parameter(format!("parameter `{name}` is required")))
 }
 
 fn in_range(name: &str, value: &str, lo: u64, hi: u64) -> Result<u64, ApiError> {
@@ -75,13 +86,37 @@ impl RecommendParams {
     pub fn parse(query: Option<&str>, api: &ApiConfig) -> Result<Self, ApiError> {
         let pairs = pairs(
             query.unwrap_or(""),
-            &["customer", "container", "category", "limit", "candidates", "cursor"],
+            &[
+                "customer",
+                "container",
+                "category",
+                "limit",
+                "candidates",
+                "cursor",
+            ],
         )?;
         let u64_kind = "an unsigned 64-bit integer";
-        let customer = parse_unsigned("customer", required(&pairs, "customer")?, u64::MAX, u64_kind)?;
-        let container = parse_unsigned("container", required(&pairs, "container")?, u64::MAX, u64_kind)?;
+        let customer = parse_unsigned(
+            "customer",
+            required(&pairs, "customer")?,
+            u64::MAX,
+            u64_kind,
+        )?;
+        let container = parse_unsigned(
+            "container",
+            required(&pairs, "container")?,
+            u64::MAX,
+            u64_kind,
+        )?;
         let category = get(&pairs, "category")
-            .map(|v| parse_unsigned("category", v, u64::from(u32::MAX), "an unsigned 32-bit integer"))
+            .map(|v| {
+                parse_unsigned(
+                    "category",
+                    v,
+                    u64::from(u32::MAX),
+                    "an unsigned 32-bit integer",
+                )
+            })
             .transpose()?
             .map(|v| v as CategoryId);
         let limit = match get(&pairs, "limit") {
@@ -132,7 +167,10 @@ mod tests {
 
     #[test]
     fn accepts_the_full_range_of_ids() {
-        let p = parse("customer=18446744073709551615&container=0&category=4294967295&limit=1000&candidates=5").unwrap();
+        let p = parse(
+            "customer=18446744073709551615&container=0&category=4294967295&limit=1000&candidates=5",
+        )
+        .unwrap();
         assert_eq!(p.customer, u64::MAX);
         assert_eq!(p.category, Some(u32::MAX));
         assert_eq!(p.limit, 1000);
@@ -145,16 +183,41 @@ mod tests {
         let cases = [
             ("container=2", "parameter `customer` is required"),
             ("customer=1", "parameter `container` is required"),
-            ("customer=-1&container=2", "`customer` must be an unsigned 64-bit integer, got \"-1\""),
+            (
+                "customer=-1&container=2",
+                "`customer` must be an unsigned 64-bit integer, got \"-1\"",
+            ),
             ("customer=abc&container=2", "got \"abc\""),
-            ("customer=+1&container=2", "got \"+1\""),
-            ("customer=18446744073709551616&container=2", "unsigned 64-bit"),
-            ("customer=1&container=2&category=4294967296", "`category` must be an unsigned 32-bit integer"),
-            ("customer=1&container=2&limit=0", "`limit` must be in 1..=1000, got 0"),
-            ("customer=1&container=2&limit=100000", "`limit` must be in 1..=1000, got 100000"),
-            ("customer=1&container=2&candidates=0", "`candidates` must be in 1..="),
-            ("customer=1&container=2&catgory=5", "unknown parameter `catgory`"),
-            ("customer=1&customer=2&container=2", "`customer` given more than once"),
+            ("customer=%2B1&container=2", "got \"+1\""),
+            ("customer=+1&container=2", "got \" 1\""),
+            (
+                "customer=18446744073709551616&container=2",
+                "unsigned 64-bit",
+            ),
+            (
+                "customer=1&container=2&category=4294967296",
+                "`category` must be an unsigned 32-bit integer",
+            ),
+            (
+                "customer=1&container=2&limit=0",
+                "`limit` must be in 1..=1000, got 0",
+            ),
+            (
+                "customer=1&container=2&limit=100000",
+                "`limit` must be in 1..=1000, got 100000",
+            ),
+            (
+                "customer=1&container=2&candidates=0",
+                "`candidates` must be in 1..=",
+            ),
+            (
+                "customer=1&container=2&catgory=5",
+                "unknown parameter `catgory`",
+            ),
+            (
+                "customer=1&customer=2&container=2",
+                "`customer` given more than once",
+            ),
             ("customer=1&container=2&cursor=", "`cursor` must be"),
         ];
         for (query, expect) in cases {

@@ -8,10 +8,12 @@ use crate::params::RecommendParams;
 use crate::state::{ClusterView, RouterState};
 use crate::telemetry;
 use futures_util::future::join_all;
-use scoregrid_shard::hashing::{mix64, partition_of_customer, partition_of_product, partition_of_segment};
+use scoregrid_shard::hashing::{
+    mix64, partition_of_customer, partition_of_product, partition_of_segment,
+};
 use scoregrid_shard::{
-    CategoryId, ContainerEntry, CustomerId, ModelVersion, PartitionId, ProductId,
-    RankedItem, ScoringWeights, SegmentKey, merge_ranked,
+    CategoryId, ContainerEntry, CustomerId, ModelVersion, PartitionId, ProductId, RankedItem,
+    ScoringWeights, SegmentKey, merge_ranked,
 };
 use scoregrid_wire::{
     CustomerProfile, FetchCustomer, NodeId, ProductScore, RpcError, ScoreProducts, ScoreSegments,
@@ -66,9 +68,15 @@ impl RouterState {
         let view = self.current_view()?;
         let cursor = match &params.cursor {
             Some(token) => {
-                let cursor = Cursor::decode(token).map_err(|e| ApiError::bad_cursor(e.to_string()))?;
+                let cursor =
+                    Cursor::decode(token).map_err(|e| ApiError::bad_cursor(e.to_string()))?;
                 cursor
-                    .check_matches(params.customer, params.container, params.category, params.candidates)
+                    .check_matches(
+                        params.customer,
+                        params.container,
+                        params.category,
+                        params.candidates,
+                    )
                     .map_err(|e| ApiError::bad_cursor(e.to_string()))?;
                 Some(cursor)
             }
@@ -96,13 +104,17 @@ impl RouterState {
 
         let started = Instant::now();
         let profile = fetch_customer(&view, &version, params.customer, deadline).await?;
-        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "customer").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "customer")
+            .record(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
         let k = params.limit as usize + 1;
         let request = ScoreSegments {
             version: version.clone(),
-            affinities: profile.as_ref().map(CustomerProfile::affinities).unwrap_or_default(),
+            affinities: profile
+                .as_ref()
+                .map(CustomerProfile::affinities)
+                .unwrap_or_default(),
             vector: profile.map(|p| p.vector),
             weights: self.weights(),
             category: params.category,
@@ -113,7 +125,8 @@ impl RouterState {
         let personalized = request.vector.is_some();
         let plan = segment_plan(entry, params.container, params.category, params.candidates);
         let gathered = gather(&view, request, &plan, params.customer, deadline).await;
-        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "score").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "score")
+            .record(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
         let mut items = merge_ranked(&gathered.lists, k);
@@ -133,7 +146,8 @@ impl RouterState {
         } else {
             None
         };
-        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "merge").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "merge")
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!(telemetry::ITEMS_RETURNED).increment(items.len() as u64);
         if gathered.coverage.answered < gathered.coverage.segments {
             metrics::counter!(telemetry::PARTIAL_ANSWERS).increment(1);
@@ -167,7 +181,10 @@ impl RouterState {
         let partitions = view.map.placement.partitions();
         let mut groups: HashMap<PartitionId, Vec<ProductId>> = HashMap::new();
         for &p in &products {
-            groups.entry(partition_of_product(p, partitions)).or_default().push(p);
+            groups
+                .entry(partition_of_product(p, partitions))
+                .or_default()
+                .push(p);
         }
         let calls = groups.into_iter().map(|(partition, ids)| {
             let request = ScoreProducts {
@@ -179,10 +196,13 @@ impl RouterState {
             async move {
                 let mut errors = Vec::new();
                 for node in view.map.placement.replicas(partition) {
-                    let Some(routee) = view.routees.get(node) else { continue };
-                    let result = timeout_at(deadline, routee.client.score_products(request.clone()))
-                        .await
-                        .unwrap_or(Err(RpcError::Timeout(*node)));
+                    let Some(routee) = view.routees.get(node) else {
+                        continue;
+                    };
+                    let result =
+                        timeout_at(deadline, routee.client.score_products(request.clone()))
+                            .await
+                            .unwrap_or(Err(RpcError::Timeout(*node)));
                     routee.record(result.as_ref().map(|_| ()));
                     match result {
                         Ok(reply) => return Ok(reply),
@@ -217,7 +237,10 @@ impl RouterState {
     /// # Errors
     /// 404 for an unknown customer, 503 when no model is active or the customer's partition
     /// cannot be reached.
-    pub async fn customer_profile(&self, customer: CustomerId) -> Result<CustomerProfile, ApiError> {
+    pub async fn customer_profile(
+        &self,
+        customer: CustomerId,
+    ) -> Result<CustomerProfile, ApiError> {
         let view = self.current_view()?;
         let (version, _) = view.active().ok_or_else(ApiError::no_model)?;
         fetch_customer(&view, version, customer, self.deadline())
@@ -317,21 +340,30 @@ async fn gather(
         .map(|&take| {
             let partition = partition_of_segment(take.key, partitions);
             let spread = mix64(customer) ^ u64::from(partition.0);
-            (take, preferred_order(view.map.placement.replicas(partition), spread), 0)
+            (
+                take,
+                preferred_order(view.map.placement.replicas(partition), spread),
+                0,
+            )
         })
         .collect();
 
     while !pending.is_empty() {
         let mut batches: HashMap<NodeId, Vec<usize>> = HashMap::new();
-        let mut unroutable = Vec::new();
-        for (i, (_, replicas, next)) in pending.iter().enumerate() {
-            match replicas.get(*next) {
-                Some(node) if view.routees.contains_key(node) => batches.entry(*node).or_default().push(i),
-                Some(_) | None => unroutable.push(i),
+        for (i, (_, replicas, next)) in pending.iter_mut().enumerate() {
+            // Skip replicas the router has no route to (not in its view).
+            while replicas
+                .get(*next)
+                .is_some_and(|n| !view.routees.contains_key(n))
+            {
+                *next += 1;
             }
-        }
-        if !unroutable.is_empty() {
-            coverage.degraded.insert("unreachable");
+            match replicas.get(*next) {
+                Some(node) => batches.entry(*node).or_default().push(i),
+                None => {
+                    coverage.degraded.insert("unreachable");
+                }
+            }
         }
         let calls = batches.into_iter().map(|(node, members)| {
             let mut request = request.clone();

@@ -52,7 +52,11 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    pub fn new(map: ClusterMap, directories: Vec<Directory>, clients: Vec<Arc<dyn NodeClient>>) -> Self {
+    pub fn new(
+        map: ClusterMap,
+        directories: Vec<Directory>,
+        clients: Vec<Arc<dyn NodeClient>>,
+    ) -> Self {
         Self {
             map,
             directories: directories

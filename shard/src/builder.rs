@@ -101,7 +101,9 @@ pub mod rules {
 
     /// # Errors
     /// `NotFinite` or `DuplicateCategory`.
-    pub fn check_categories(categories: &[(CategoryId, f32)]) -> Result<Vec<(CategoryId, f32)>, BuildError> {
+    pub fn check_categories(
+        categories: &[(CategoryId, f32)],
+    ) -> Result<Vec<(CategoryId, f32)>, BuildError> {
         let mut sorted = categories.to_vec();
         for &(_, w) in &sorted {
             check_finite("categories.weight", w)?;
@@ -163,12 +165,15 @@ pub struct ModelBuilder {
 
 impl ModelBuilder {
     /// # Panics
-    /// If the layout's dim or segment size is zero, or dim exceeds [`crate::DIM_MAX`]: the
-    /// loader validates the manifest and the configuration before building.
+    /// If the layout's dim or segment size is zero, or dim exceeds [`crate::DIM_MAX`], or the
+    /// segment size [`crate::SEGMENT_PRODUCTS_HARD_MAX`]: the loader validates the manifest and
+    /// the configuration before building.
     pub fn new(layout: ModelLayout) -> Self {
         assert!((1..=crate::DIM_MAX).contains(&layout.dim));
-        assert!(layout.segment_products_max > 0);
-        let customers = (0..layout.partitions.get()).map(|_| CustomerStaging::default()).collect();
+        assert!((1..=crate::SEGMENT_PRODUCTS_HARD_MAX).contains(&layout.segment_products_max));
+        let customers = (0..layout.partitions.get())
+            .map(|_| CustomerStaging::default())
+            .collect();
         Self {
             layout,
             customers,
@@ -215,7 +220,11 @@ impl ModelBuilder {
             .windows(2)
             .find(|w| w[0].container == w[1].container && w[0].product == w[1].product)
         {
-            let (first, second) = if w[0].origin.0 <= w[1].origin.0 { (w[0], w[1]) } else { (w[1], w[0]) };
+            let (first, second) = if w[0].origin.0 <= w[1].origin.0 {
+                (w[0], w[1])
+            } else {
+                (w[1], w[0])
+            };
             return Err(BuildError::DuplicatePoolEntry {
                 container: first.container,
                 product: products.ids[first.product as usize],
@@ -255,7 +264,10 @@ impl ModelBuilder {
         for partition in &partitions {
             if let Err(violation) = partition.check() {
                 // The builder's own output: a bug, not bad input.
-                panic!("built partition {} is malformed: {violation}", partition.id());
+                panic!(
+                    "built partition {} is malformed: {violation}",
+                    partition.id()
+                );
             }
         }
         let directory = Directory {
@@ -284,7 +296,8 @@ impl ModelSink for ModelBuilder {
         if let Some(&first) = self.customer_origins.get(&id) {
             return Err(BuildError::DuplicateCustomer { id, first });
         }
-        let staging = &mut self.customers[partition_of_customer(id, self.layout.partitions).index()];
+        let staging =
+            &mut self.customers[partition_of_customer(id, self.layout.partitions).index()];
         if staging.category_ids.len() + categories.len() > u32::MAX as usize {
             return Err(BuildError::TooMany {
                 what: "category entries in one partition",
@@ -298,7 +311,9 @@ impl ModelSink for ModelBuilder {
             staging.category_ids.push(c);
             staging.category_weights.push(w);
         }
-        staging.category_ends.push(staging.category_ids.len() as u32);
+        staging
+            .category_ends
+            .push(staging.category_ids.len() as u32);
         Ok(())
     }
 
@@ -368,11 +383,21 @@ fn customer_table(staging: CustomerStaging, dim: usize) -> CustomerTable {
     for r in order {
         let r = r as usize;
         table.ids.push(staging.ids[r]);
-        table.vectors.extend_from_slice(&staging.vectors[r * dim..(r + 1) * dim]);
-        let lo = if r == 0 { 0 } else { staging.category_ends[r - 1] as usize };
+        table
+            .vectors
+            .extend_from_slice(&staging.vectors[r * dim..(r + 1) * dim]);
+        let lo = if r == 0 {
+            0
+        } else {
+            staging.category_ends[r - 1] as usize
+        };
         let hi = staging.category_ends[r] as usize;
-        table.category_ids.extend_from_slice(&staging.category_ids[lo..hi]);
-        table.category_weights.extend_from_slice(&staging.category_weights[lo..hi]);
+        table
+            .category_ids
+            .extend_from_slice(&staging.category_ids[lo..hi]);
+        table
+            .category_weights
+            .extend_from_slice(&staging.category_weights[lo..hi]);
         table.category_offsets.push(table.category_ids.len() as u32);
     }
     table
@@ -405,7 +430,9 @@ fn product_tables(
                 table.ids.push(staging.ids[r]);
                 table.categories.push(staging.categories[r]);
                 table.in_stock.push(staging.in_stock[r]);
-                table.vectors.extend_from_slice(&staging.vectors[r * dim..(r + 1) * dim]);
+                table
+                    .vectors
+                    .extend_from_slice(&staging.vectors[r * dim..(r + 1) * dim]);
             }
             (index, table)
         })
@@ -424,23 +451,37 @@ fn build_segment(
         number: key.number,
         dim,
         product_ids: Vec::with_capacity(n),
-        categories: Vec::with_capacity(n),
+        category_dictionary: Vec::new(),
+        category_codes: Vec::with_capacity(n),
         pool_scores: Vec::with_capacity(n),
         in_stock: Vec::with_capacity(n),
         vectors: Vec::with_capacity(n * dim),
     };
+    let mut dictionary: Vec<CategoryId> = entries
+        .iter()
+        .map(|e| products.categories[e.product as usize])
+        .collect();
+    dictionary.sort_unstable();
+    dictionary.dedup();
     let mut by_category: HashMap<CategoryId, u32> = HashMap::new();
     for e in entries {
         let p = e.product as usize;
         segment.product_ids.push(products.ids[p]);
-        segment.categories.push(products.categories[p]);
+        let code = dictionary
+            .binary_search(&products.categories[p])
+            .unwrap_or_default();
+        // A segment holds at most SEGMENT_PRODUCTS_HARD_MAX rows, so a code fits in u16.
+        segment.category_codes.push(code as u16);
         segment.pool_scores.push(e.pool_score);
         segment.in_stock.push(products.in_stock[p]);
-        segment.vectors.extend_from_slice(&products.vectors[p * dim..(p + 1) * dim]);
+        segment
+            .vectors
+            .extend_from_slice(&products.vectors[p * dim..(p + 1) * dim]);
         if products.in_stock[p] {
             *by_category.entry(products.categories[p]).or_default() += 1;
         }
     }
+    segment.category_dictionary = dictionary;
     let mut in_stock_by_category: Vec<(CategoryId, u32)> = by_category.into_iter().collect();
     in_stock_by_category.sort_unstable();
     let summary = SegmentSummary {
@@ -449,4 +490,130 @@ fn build_segment(
         in_stock_by_category,
     };
     (segment, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> ModelBuilder {
+        ModelBuilder::new(ModelLayout {
+            version: ModelVersion::new("v1").unwrap(),
+            dim: 2,
+            partitions: PartitionCount::new(4).unwrap(),
+            segment_products_max: 3,
+        })
+    }
+
+    #[test]
+    fn model_rules_are_enforced_with_the_first_occurrence() {
+        let mut b = builder();
+        assert_eq!(
+            b.add_customer(1, &[1.0], &[], RowRef(1)),
+            Err(BuildError::WrongDim {
+                field: "vector",
+                expected: 2,
+                found: 1
+            })
+        );
+        assert_eq!(
+            b.add_customer(1, &[1.0, f32::INFINITY], &[], RowRef(1)),
+            Err(BuildError::NotFinite {
+                field: "vector",
+                value: f32::INFINITY
+            })
+        );
+        assert_eq!(
+            b.add_customer(1, &[1.0, 2.0], &[(3, 1.0), (3, 2.0)], RowRef(1)),
+            Err(BuildError::DuplicateCategory { category: 3 })
+        );
+        assert!(matches!(
+            b.add_customer(1, &[1.0, 2.0], &[(3, f32::NAN)], RowRef(1)),
+            Err(BuildError::NotFinite {
+                field: "categories.weight",
+                ..
+            })
+        ));
+        b.add_customer(1, &[1.0, 2.0], &[], RowRef(10)).unwrap();
+        assert_eq!(
+            b.add_customer(1, &[1.0, 2.0], &[], RowRef(11)),
+            Err(BuildError::DuplicateCustomer {
+                id: 1,
+                first: RowRef(10)
+            })
+        );
+        b.add_product(5, 0, &[1.0, 2.0], true, RowRef(20)).unwrap();
+        assert_eq!(
+            b.add_product(5, 0, &[1.0, 2.0], true, RowRef(21)),
+            Err(BuildError::DuplicateProduct {
+                id: 5,
+                first: RowRef(20)
+            })
+        );
+        assert_eq!(
+            b.add_pool_entry(9, 6, 0.5, RowRef(30)),
+            Err(BuildError::UnknownProduct { product: 6 })
+        );
+        assert!(matches!(
+            b.add_pool_entry(9, 5, f32::NAN, RowRef(30)),
+            Err(BuildError::NotFinite {
+                field: "pool_score",
+                ..
+            })
+        ));
+        b.add_pool_entry(9, 5, 0.5, RowRef(31)).unwrap();
+        b.add_pool_entry(9, 5, 0.7, RowRef(32)).unwrap();
+        assert_eq!(
+            b.finish().unwrap_err(),
+            BuildError::DuplicatePoolEntry {
+                container: 9,
+                product: 5,
+                first: RowRef(31),
+                second: RowRef(32)
+            }
+        );
+    }
+
+    #[test]
+    fn pools_are_cut_into_segments_in_pool_order_with_summaries() {
+        let mut b = builder();
+        for p in 0..7u64 {
+            b.add_product(p, (p % 2) as u32, &[p as f32, 0.0], p != 2, RowRef(p))
+                .unwrap();
+            // Scores 0.0 for all but 6 (highest): ties broken by lower product id.
+            b.add_pool_entry(42, p, if p == 6 { 1.0 } else { -0.0 }, RowRef(p))
+                .unwrap();
+        }
+        let built = b.finish().unwrap();
+        let entry = built.directory.container(42).unwrap();
+        assert_eq!(entry.segments.len(), 3);
+        assert_eq!(entry.products(), 7);
+        let order: Vec<u64> = (0..3)
+            .flat_map(|n| {
+                let key = SegmentKey {
+                    container: 42,
+                    number: n,
+                };
+                let p = crate::hashing::partition_of_segment(key, built.directory.partitions);
+                built.partitions[p.index()]
+                    .segment(key)
+                    .unwrap()
+                    .product_ids()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(order, [6, 0, 1, 2, 3, 4, 5]);
+        // Segment 0 = {6, 0, 1}: all in stock; categories 0 (6, 0) and 1 (1).
+        assert_eq!(entry.segments[0].in_stock_by_category, [(0, 2), (1, 1)]);
+        // Segment 1 = {2, 3, 4}: 2 is out of stock.
+        assert_eq!(entry.segments[1].in_stock, 2);
+        assert_eq!(
+            built
+                .partitions
+                .iter()
+                .map(|p| p.customers().len())
+                .sum::<usize>(),
+            0
+        );
+    }
 }

@@ -109,11 +109,20 @@ mod tests {
             ],
         };
         let all = entry.plan(None, None);
-        assert_eq!(all.iter().map(|p| (p.number, p.take)).collect::<Vec<_>>(), [(0, 4), (1, 4), (2, 2)]);
+        assert_eq!(
+            all.iter().map(|p| (p.number, p.take)).collect::<Vec<_>>(),
+            [(0, 4), (1, 4), (2, 2)]
+        );
         let top6 = entry.plan(None, Some(6));
-        assert_eq!(top6.iter().map(|p| (p.number, p.take)).collect::<Vec<_>>(), [(0, 4), (1, 2)]);
+        assert_eq!(
+            top6.iter().map(|p| (p.number, p.take)).collect::<Vec<_>>(),
+            [(0, 4), (1, 2)]
+        );
         let cat1 = entry.plan(Some(1), Some(4));
-        assert_eq!(cat1.iter().map(|p| (p.number, p.take)).collect::<Vec<_>>(), [(0, 3), (2, 1)]);
+        assert_eq!(
+            cat1.iter().map(|p| (p.number, p.take)).collect::<Vec<_>>(),
+            [(0, 3), (2, 1)]
+        );
         assert!(entry.plan(Some(9), None).is_empty());
         assert!(entry.plan(None, Some(0)).is_empty());
     }

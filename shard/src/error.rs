@@ -46,13 +46,17 @@ pub enum FileError {
     },
     #[error("{path}: not a scoregrid partition file (bad magic)")]
     BadMagic { path: String },
-    #[error("{path}: partition format version {found} is not supported (this build reads {supported})")]
+    #[error(
+        "{path}: partition format version {found} is not supported (this build reads {supported})"
+    )]
     UnsupportedFormat {
         path: String,
         found: u32,
         supported: u32,
     },
-    #[error("{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupt")]
+    #[error(
+        "{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupt"
+    )]
     Checksum {
         path: String,
         stored: u32,

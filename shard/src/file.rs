@@ -8,7 +8,8 @@
 //!              category offsets [u32; n+1], category ids [u32; m], weights [f32; m]
 //! | products:  n u64, ids [u64; n], categories [u32; n], in_stock [u8; n], vectors [f32; n*dim]
 //! | segments:  count u32, then per segment: container u64, number u32, n u32, ids [u64; n],
-//!              categories [u32; n], pool scores [f32; n], in_stock [u8; n], vectors [f32; n*dim]
+//!              dictionary size d u32, category dictionary [u32; d], category codes [u16; n],
+//!              pool scores [f32; n], in_stock [u8; n], vectors [f32; n*dim]
 //! | crc32 (IEEE) of every byte before it, u32
 //! ```
 //!
@@ -71,7 +72,10 @@ pub struct EncodedPartition {
 /// If the partition breaks one of its invariants: writing it would persist our own bug.
 pub fn encode(partition: &Partition) -> EncodedPartition {
     if let Err(violation) = partition.check() {
-        panic!("refusing to write malformed partition {}: {violation}", partition.id());
+        panic!(
+            "refusing to write malformed partition {}: {violation}",
+            partition.id()
+        );
     }
     let mut e = Encoder {
         buf: Vec::with_capacity(partition.heap_bytes() + 4096),
@@ -107,7 +111,11 @@ pub fn encode(partition: &Partition) -> EncodedPartition {
         e.u32(s.number);
         e.u32(s.product_ids.len() as u32);
         e.u64s(&s.product_ids);
-        e.u32s(&s.categories);
+        e.u32(s.category_dictionary.len() as u32);
+        e.u32s(&s.category_dictionary);
+        s.category_codes
+            .iter()
+            .for_each(|&c| e.buf.extend_from_slice(&c.to_le_bytes()));
         e.f32s(&s.pool_scores);
         e.bools(&s.in_stock);
         e.f32s(&s.vectors);
@@ -175,7 +183,17 @@ impl<'a> Decoder<'a> {
     fn u32s(&mut self, n: u64, what: &str) -> Result<Vec<u32>, FileError> {
         let n = self.count(n, 4, what)?;
         let b = self.take(n * 4, what)?;
-        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn u16s(&mut self, n: u64, what: &str) -> Result<Vec<u16>, FileError> {
+        let n = self.count(n, 2, what)?;
+        let b = self.take(n * 2, what)?;
+        Ok(b.chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
     }
 
     fn u64s(&mut self, n: u64, what: &str) -> Result<Vec<u64>, FileError> {
@@ -187,7 +205,11 @@ impl<'a> Decoder<'a> {
     }
 
     fn f32s(&mut self, n: u64, what: &str) -> Result<Vec<f32>, FileError> {
-        Ok(self.u32s(n, what)?.into_iter().map(f32::from_bits).collect())
+        Ok(self
+            .u32s(n, what)?
+            .into_iter()
+            .map(f32::from_bits)
+            .collect())
     }
 
     fn bools(&mut self, n: u64, what: &str) -> Result<Vec<bool>, FileError> {
@@ -200,7 +222,9 @@ impl<'a> Decoder<'a> {
                 other => Err(other),
             })
             .collect::<Result<_, _>>()
-            .map_err(|other| self.malformed(format!("{what}: flag byte {other} is neither 0 nor 1")))
+            .map_err(|other| {
+                self.malformed(format!("{what}: flag byte {other} is neither 0 nor 1"))
+            })
     }
 }
 
@@ -238,19 +262,25 @@ pub fn decode(bytes: &[u8], path: &str) -> Result<Partition, FileError> {
     }
     let partition = decode_v1(&mut d)?;
     if d.pos != body.len() {
-        return Err(d.malformed(format!("{} unexpected bytes after the last segment", body.len() - d.pos)));
+        return Err(d.malformed(format!(
+            "{} unexpected bytes after the last segment",
+            body.len() - d.pos
+        )));
     }
-    partition.check().map_err(|violation| FileError::Invariant {
-        path: path.into(),
-        violation,
-    })?;
+    partition
+        .check()
+        .map_err(|violation| FileError::Invariant {
+            path: path.into(),
+            violation,
+        })?;
     Ok(partition)
 }
 
 fn decode_v1(d: &mut Decoder<'_>) -> Result<Partition, FileError> {
     let id = d.u32("partition id")?;
     let count = d.u32("partition count")?;
-    let partitions = PartitionCount::new(count).ok_or_else(|| d.malformed(format!("partition count {count}")))?;
+    let partitions = PartitionCount::new(count)
+        .ok_or_else(|| d.malformed(format!("partition count {count}")))?;
     let dim = d.u32("dim")? as usize;
     if !(1..=crate::DIM_MAX).contains(&dim) {
         return Err(d.malformed(format!("dim {dim} outside 1..={}", crate::DIM_MAX)));
@@ -295,7 +325,11 @@ fn decode_v1(d: &mut Decoder<'_>) -> Result<Partition, FileError> {
             number,
             dim,
             product_ids: d.u64s(n, "segment product ids")?,
-            categories: d.u32s(n, "segment categories")?,
+            category_dictionary: {
+                let d_len = u64::from(d.u32("segment dictionary size")?);
+                d.u32s(d_len, "segment category dictionary")?
+            },
+            category_codes: d.u16s(n, "segment category codes")?,
             pool_scores: d.f32s(n, "segment pool scores")?,
             in_stock: d.bools(n, "segment in_stock")?,
             vectors: d.f32s(n.saturating_mul(dim64), "segment vectors")?,
@@ -347,4 +381,96 @@ pub fn read_partition(path: &Path) -> Result<Partition, FileError> {
         source,
     })?;
     decode(&bytes, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{ModelBuilder, ModelLayout, ModelSink, RowRef};
+
+    fn partition() -> Partition {
+        let mut b = ModelBuilder::new(ModelLayout {
+            version: ModelVersion::new("v1").unwrap(),
+            dim: 3,
+            partitions: PartitionCount::new(1).unwrap(),
+            segment_products_max: 2,
+        });
+        b.add_customer(
+            u64::MAX,
+            &[1.0, 2.0, 3.0],
+            &[(u32::MAX, 0.5), (1, 0.25)],
+            RowRef(0),
+        )
+        .unwrap();
+        b.add_customer(7, &[0.0, -1.0, 0.5], &[], RowRef(1))
+            .unwrap();
+        for p in 0..5u64 {
+            b.add_product(p, (p % 2) as u32, &[p as f32, 1.0, -1.0], p != 3, RowRef(p))
+                .unwrap();
+            b.add_pool_entry(9, p, 1.0 / (p as f32 + 1.0), RowRef(p))
+                .unwrap();
+        }
+        let mut built = b.finish().unwrap();
+        built.partitions.remove(0)
+    }
+
+    #[test]
+    fn written_files_read_back_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0000.part");
+        let p = partition();
+        let checksum = write_partition(&path, &p).unwrap();
+        assert_eq!(read_partition(&path).unwrap(), p);
+        assert_eq!(encode(&p).checksum, checksum);
+        assert!(!path.with_extension("part.tmp").exists());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let bytes = encode(&partition()).bytes;
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(decode(&bad, "p").is_err(), "flip at byte {i} accepted");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = encode(&partition()).bytes;
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len], "p").is_err(),
+                "truncation to {len} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let bytes = encode(&partition()).bytes;
+        let e = decode(b"not a partition file at all", "x.part")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.part") && e.contains("bad magic"), "{e}");
+        let mut bad = bytes.clone();
+        bad[40] ^= 1;
+        let e = decode(&bad, "x.part").unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+        // A future format with a valid checksum.
+        let mut future = bytes[..bytes.len() - 4].to_vec();
+        future[8] = 2;
+        let crc = crc32fast::hash(&future);
+        future.extend_from_slice(&crc.to_le_bytes());
+        let e = decode(&future, "x.part").unwrap_err().to_string();
+        assert!(e.contains("format version 2 is not supported"), "{e}");
+        // A count that points past the end, with a valid checksum: refused without allocating.
+        let mut huge = bytes[..bytes.len() - 4].to_vec();
+        let customers_at = 8 + 4 + 12 + 1 + 2;
+        huge[customers_at..customers_at + 8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let crc = crc32fast::hash(&huge);
+        huge.extend_from_slice(&crc.to_le_bytes());
+        let e = decode(&huge, "x.part").unwrap_err().to_string();
+        assert!(e.contains("exceeds the file"), "{e}");
+    }
 }

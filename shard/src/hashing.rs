@@ -75,6 +75,9 @@ mod tests {
             counts[partition_of_customer(c, p).index()] += 1;
         }
         // Expected 1000 each; a binomial 5-sigma band is about +-160.
-        assert!(counts.iter().all(|&n| (840..=1160).contains(&n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (840..=1160).contains(&n)),
+            "{counts:?}"
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! - the lanes are combined as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
 //!
 //! Eight lanes fill one AVX register. One product's lanes form a chain of dependent additions,
-//! so [`dot_rows`] scores four rows at a time: four independent chains keep the adders busy
-//! while every row keeps exactly the summation order above.
+//! so the AVX2 path of [`dot_rows`] scores eight rows at a time: eight independent chains keep
+//! the adders busy while every row keeps exactly the summation order above.
 
 /// Number of accumulation lanes. Part of the scoring contract: changing it changes scores.
 pub const LANES: usize = 8;
@@ -35,48 +35,13 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot4_body(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
-    let mut lanes = [[0.0f32; LANES]; 4];
-    let dim = q.len();
-    let full = dim - dim % LANES;
-    let mut i = 0;
-    while i < full {
-        let x = &q[i..i + LANES];
-        for (r, row) in rows.iter().enumerate() {
-            let y = &row[i..i + LANES];
-            for j in 0..LANES {
-                lanes[r][j] += x[j] * y[j];
-            }
-        }
-        i += LANES;
-    }
-    for (j, k) in (full..dim).enumerate() {
-        for (r, row) in rows.iter().enumerate() {
-            lanes[r][j] += q[k] * row[k];
-        }
-    }
-    [
-        combine(lanes[0]),
-        combine(lanes[1]),
-        combine(lanes[2]),
-        combine(lanes[3]),
-    ]
-}
-
-#[inline(always)]
 fn dot_rows_body(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
     let dim = query.len();
     let row = |r: u32| {
         let start = r as usize * dim;
         &vectors[start..start + dim]
     };
-    let mut groups = rows.chunks_exact(4);
-    let mut outs = out.chunks_exact_mut(4);
-    for (g, o) in (&mut groups).zip(&mut outs) {
-        let d = dot4_body(query, [row(g[0]), row(g[1]), row(g[2]), row(g[3])]);
-        o.copy_from_slice(&d);
-    }
-    for (&r, o) in groups.remainder().iter().zip(outs.into_remainder()) {
+    for (&r, o) in rows.iter().zip(out.iter_mut()) {
         *o = dot_body(query, row(r));
     }
 }
@@ -99,19 +64,18 @@ pub fn dot_rows(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { dot_rows_avx2(query, vectors, rows, out) };
+            let dim = query.len();
+            let max_row = rows.iter().copied().max().map_or(0, |r| r as usize + 1);
+            assert!(
+                max_row * dim <= vectors.len(),
+                "row index outside the vector block"
+            );
+            // SAFETY: the CPU supports AVX2 (checked above) and every row lies inside `vectors`
+            // (asserted above), which is what `dot_rows_avx2` reads.
+            unsafe { avx2::dot_rows(query, vectors, rows, out) };
             return;
         }
     }
-    dot_rows_body(query, vectors, rows, out);
-}
-
-/// The same loop compiled for AVX2. Only the instruction selection differs: separate multiply
-/// and add, same order, so the results are bit-identical to the portable path.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_rows_avx2(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
     dot_rows_body(query, vectors, rows, out);
 }
 
@@ -119,6 +83,78 @@ unsafe fn dot_rows_avx2(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut 
 pub fn dot_rows_portable(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
     assert!(out.len() >= rows.len());
     dot_rows_body(query, vectors, rows, &mut out[..rows.len()]);
+}
+
+/// The AVX2 path. One 256-bit register holds the eight lanes of one row; eight rows are scored
+/// at once so that eight independent addition chains hide the adder's latency. Multiplies and
+/// adds are separate instructions (never fused), in the contract's order, so every result is
+/// bit-identical to the portable path.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{LANES, combine};
+    use std::arch::x86_64::*;
+
+    const ROWS_AT_ONCE: usize = 8;
+
+    /// # Safety
+    /// The CPU must support AVX2, and `(row + 1) * query.len() <= vectors.len()` for every
+    /// `row` in `rows`; `out.len() == rows.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_rows(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
+        let dim = query.len();
+        let full = dim - dim % LANES;
+        let q = query.as_ptr();
+        let base = vectors.as_ptr();
+        let mut groups = rows.chunks_exact(ROWS_AT_ONCE);
+        let mut outs = out.chunks_exact_mut(ROWS_AT_ONCE);
+        for (group, o) in (&mut groups).zip(&mut outs) {
+            // SAFETY (whole block): rows lie inside `vectors` (caller's contract), `i + 8 <= full
+            // <= dim` for the vector loads, `k < dim` for the scalar tail.
+            unsafe {
+                let p: [*const f32; ROWS_AT_ONCE] =
+                    std::array::from_fn(|k| base.add(group[k] as usize * dim));
+                let mut acc = [_mm256_setzero_ps(); ROWS_AT_ONCE];
+                let mut i = 0;
+                while i < full {
+                    let x = _mm256_loadu_ps(q.add(i));
+                    for r in 0..ROWS_AT_ONCE {
+                        acc[r] =
+                            _mm256_add_ps(acc[r], _mm256_mul_ps(x, _mm256_loadu_ps(p[r].add(i))));
+                    }
+                    i += LANES;
+                }
+                for r in 0..ROWS_AT_ONCE {
+                    let mut lanes = [0.0f32; LANES];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+                    for (j, k) in (full..dim).enumerate() {
+                        lanes[j] += *q.add(k) * *p[r].add(k);
+                    }
+                    o[r] = combine(lanes);
+                }
+            }
+        }
+        for (&row, o) in groups.remainder().iter().zip(outs.into_remainder()) {
+            // SAFETY: as above, for one row.
+            unsafe {
+                let p = base.add(row as usize * dim);
+                let mut acc = _mm256_setzero_ps();
+                let mut i = 0;
+                while i < full {
+                    acc = _mm256_add_ps(
+                        acc,
+                        _mm256_mul_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(p.add(i))),
+                    );
+                    i += LANES;
+                }
+                let mut lanes = [0.0f32; LANES];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+                for (j, k) in (full..dim).enumerate() {
+                    lanes[j] += *q.add(k) * *p.add(k);
+                }
+                *o = combine(lanes);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

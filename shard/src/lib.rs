@@ -53,3 +53,8 @@ pub const PARTITIONS_DEFAULT: u32 = 1024;
 
 /// Default largest number of products in one pool segment (`S`).
 pub const SEGMENT_PRODUCTS_DEFAULT: u32 = 4096;
+
+/// The largest `S` the layout allows: a row's category code within its segment is a u16.
+pub const SEGMENT_PRODUCTS_HARD_MAX: u32 = 1 << 16;
+
+const _: () = assert!(SEGMENT_PRODUCTS_DEFAULT <= SEGMENT_PRODUCTS_HARD_MAX);

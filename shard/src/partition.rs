@@ -28,14 +28,23 @@ pub mod invariant {
     pub const VALUES_FINITE: &str = "partition.values_finite";
     pub const POOL_ORDER: &str = "partition.segment_pool_order";
     pub const DIM: &str = "partition.dim";
+    pub const CATEGORY_CODES: &str = "partition.segment_category_codes";
 }
 
 fn violation(invariant: &'static str, detail: String) -> InvariantViolation {
     InvariantViolation { invariant, detail }
 }
 
-fn ensure(ok: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Result<(), InvariantViolation> {
-    if ok { Ok(()) } else { Err(violation(invariant, detail())) }
+fn ensure(
+    ok: bool,
+    invariant: &'static str,
+    detail: impl FnOnce() -> String,
+) -> Result<(), InvariantViolation> {
+    if ok {
+        Ok(())
+    } else {
+        Err(violation(invariant, detail()))
+    }
 }
 
 fn all_finite(values: &[f32]) -> bool {
@@ -43,7 +52,12 @@ fn all_finite(values: &[f32]) -> bool {
 }
 
 impl Partition {
-    pub fn empty(id: PartitionId, partitions: PartitionCount, version: ModelVersion, dim: usize) -> Self {
+    pub fn empty(
+        id: PartitionId,
+        partitions: PartitionCount,
+        version: ModelVersion,
+        dim: usize,
+    ) -> Self {
         Self {
             id,
             partitions,
@@ -94,7 +108,11 @@ impl Partition {
     pub fn vector_bytes(&self) -> usize {
         self.customers.vector_bytes()
             + self.products.vector_bytes()
-            + self.segments.iter().map(Segment::vector_bytes).sum::<usize>()
+            + self
+                .segments
+                .iter()
+                .map(Segment::vector_bytes)
+                .sum::<usize>()
     }
 
     /// Bytes of heap held by this partition's columns.
@@ -112,13 +130,27 @@ impl Partition {
     pub fn check(&self) -> Result<(), InvariantViolation> {
         use invariant::*;
         let (dim, p, id) = (self.dim, self.partitions, self.id);
-        ensure((1..=crate::DIM_MAX).contains(&dim), DIM, || format!("dim {dim}"))?;
-        ensure(id.0 < p.get(), KEYS_HASH_HERE, || format!("partition {id} of {}", p.get()))?;
+        ensure((1..=crate::DIM_MAX).contains(&dim), DIM, || {
+            format!("dim {dim}")
+        })?;
+        ensure(id.0 < p.get(), KEYS_HASH_HERE, || {
+            format!("partition {id} of {}", p.get())
+        })?;
 
         let c = &self.customers;
-        ensure(c.dim == dim && p == self.partitions, DIM, || "customer table dim".into())?;
-        ensure(c.ids.windows(2).all(|w| w[0] < w[1]), IDS_SORTED_UNIQUE, || "customer ids".into())?;
-        ensure(c.vectors.len() == c.ids.len() * dim, COLUMNS_ALIGNED, || "customer vectors".into())?;
+        ensure(c.dim == dim && p == self.partitions, DIM, || {
+            "customer table dim".into()
+        })?;
+        ensure(
+            c.ids.windows(2).all(|w| w[0] < w[1]),
+            IDS_SORTED_UNIQUE,
+            || "customer ids".into(),
+        )?;
+        ensure(
+            c.vectors.len() == c.ids.len() * dim,
+            COLUMNS_ALIGNED,
+            || "customer vectors".into(),
+        )?;
         ensure(
             c.category_offsets.len() == c.ids.len() + 1
                 && c.category_offsets.first() == Some(&0)
@@ -130,20 +162,32 @@ impl Partition {
         )?;
         for row in 0..c.ids.len() {
             let view = c.row(row);
-            ensure(view.category_ids.windows(2).all(|w| w[0] < w[1]), IDS_SORTED_UNIQUE, || {
-                format!("categories of customer {}", view.id)
-            })?;
+            ensure(
+                view.category_ids.windows(2).all(|w| w[0] < w[1]),
+                IDS_SORTED_UNIQUE,
+                || format!("categories of customer {}", view.id),
+            )?;
         }
-        if let Some(&bad) = c.ids.iter().find(|&&cid| partition_of_customer(cid, p) != id) {
+        if let Some(&bad) = c
+            .ids
+            .iter()
+            .find(|&&cid| partition_of_customer(cid, p) != id)
+        {
             return Err(violation(KEYS_HASH_HERE, format!("customer {bad} in {id}")));
         }
-        ensure(all_finite(&c.vectors) && all_finite(&c.category_weights), VALUES_FINITE, || {
-            "customer values".into()
-        })?;
+        ensure(
+            all_finite(&c.vectors) && all_finite(&c.category_weights),
+            VALUES_FINITE,
+            || "customer values".into(),
+        )?;
 
         let t = &self.products;
         ensure(t.dim == dim, DIM, || "product table dim".into())?;
-        ensure(t.ids.windows(2).all(|w| w[0] < w[1]), IDS_SORTED_UNIQUE, || "product ids".into())?;
+        ensure(
+            t.ids.windows(2).all(|w| w[0] < w[1]),
+            IDS_SORTED_UNIQUE,
+            || "product ids".into(),
+        )?;
         ensure(
             t.categories.len() == t.ids.len()
                 && t.in_stock.len() == t.ids.len()
@@ -151,10 +195,16 @@ impl Partition {
             COLUMNS_ALIGNED,
             || "product columns".into(),
         )?;
-        if let Some(&bad) = t.ids.iter().find(|&&pid| partition_of_product(pid, p) != id) {
+        if let Some(&bad) = t
+            .ids
+            .iter()
+            .find(|&&pid| partition_of_product(pid, p) != id)
+        {
             return Err(violation(KEYS_HASH_HERE, format!("product {bad} in {id}")));
         }
-        ensure(all_finite(&t.vectors), VALUES_FINITE, || "product vectors".into())?;
+        ensure(all_finite(&t.vectors), VALUES_FINITE, || {
+            "product vectors".into()
+        })?;
 
         ensure(
             self.segments.windows(2).all(|w| w[0].key() < w[1].key()),
@@ -163,20 +213,34 @@ impl Partition {
         )?;
         for s in &self.segments {
             let key = s.key();
-            ensure(partition_of_segment(key, p) == id, KEYS_HASH_HERE, || format!("segment {key:?} in {id}"))?;
-            ensure(s.dim == dim && !s.product_ids.is_empty(), DIM, || format!("segment {key:?}"))?;
+            ensure(partition_of_segment(key, p) == id, KEYS_HASH_HERE, || {
+                format!("segment {key:?} in {id}")
+            })?;
+            ensure(s.dim == dim && !s.product_ids.is_empty(), DIM, || {
+                format!("segment {key:?}")
+            })?;
             let n = s.product_ids.len();
             ensure(
-                s.categories.len() == n
+                s.category_codes.len() == n
                     && s.pool_scores.len() == n
                     && s.in_stock.len() == n
                     && s.vectors.len() == n * dim,
                 COLUMNS_ALIGNED,
                 || format!("segment {key:?} columns"),
             )?;
-            ensure(all_finite(&s.vectors) && all_finite(&s.pool_scores), VALUES_FINITE, || {
-                format!("segment {key:?} values")
-            })?;
+            ensure(
+                s.category_dictionary.windows(2).all(|w| w[0] < w[1])
+                    && s.category_codes
+                        .iter()
+                        .all(|&c| usize::from(c) < s.category_dictionary.len()),
+                CATEGORY_CODES,
+                || format!("segment {key:?} category dictionary"),
+            )?;
+            ensure(
+                all_finite(&s.vectors) && all_finite(&s.pool_scores),
+                VALUES_FINITE,
+                || format!("segment {key:?} values"),
+            )?;
             let ordered = (1..n).all(|i| {
                 let (a, b) = (s.pool_scores[i - 1], s.pool_scores[i]);
                 a > b || (a == b && s.product_ids[i - 1] < s.product_ids[i])

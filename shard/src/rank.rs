@@ -116,6 +116,16 @@ impl TopK {
         }
     }
 
+    /// Whether an item at `key` would be kept: false once the heap is full and `key` does not
+    /// rank before the worst item kept. One comparison, no heap access beyond the top.
+    #[inline(always)]
+    pub fn accepts(&self, key: &RankKey) -> bool {
+        match self.threshold() {
+            Some(worst) => key.rank_cmp(&worst.key()) == Ordering::Less,
+            None => self.k > 0,
+        }
+    }
+
     #[inline]
     pub fn push(&mut self, item: RankedItem) {
         if self.heap.len() < self.k {
@@ -224,7 +234,10 @@ mod tests {
 
     #[test]
     fn cursor_position_is_strict() {
-        let k = RankKey { score: 1.0, product: 5 };
+        let k = RankKey {
+            score: 1.0,
+            product: 5,
+        };
         assert!(!item(5, 1.0).key().is_after(&k));
         assert!(item(6, 1.0).key().is_after(&k));
         assert!(!item(4, 1.0).key().is_after(&k));

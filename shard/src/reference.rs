@@ -18,7 +18,8 @@ pub fn reference_dot(a: &[f32], b: &[f32]) -> f32 {
     for i in 0..a.len() {
         lanes[i % LANES] += a[i] * b[i];
     }
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }
 
 #[derive(Clone, Debug)]
@@ -116,7 +117,9 @@ impl ReferenceModel {
             if a.score == b.score {
                 a.product.cmp(&b.product)
             } else {
-                b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal)
+                b.score
+                    .partial_cmp(&a.score)
+                    .unwrap_or(std::cmp::Ordering::Equal)
             }
         });
         Some(ReferenceRanking {
@@ -155,7 +158,10 @@ impl ModelSink for ReferenceModel {
             categories,
         };
         if self.customers.insert(id, customer).is_some() {
-            return Err(BuildError::DuplicateCustomer { id, first: RowRef(0) });
+            return Err(BuildError::DuplicateCustomer {
+                id,
+                first: RowRef(0),
+            });
         }
         Ok(())
     }
@@ -175,7 +181,10 @@ impl ModelSink for ReferenceModel {
             in_stock,
         };
         if self.products.insert(id, product).is_some() {
-            return Err(BuildError::DuplicateProduct { id, first: RowRef(0) });
+            return Err(BuildError::DuplicateProduct {
+                id,
+                first: RowRef(0),
+            });
         }
         Ok(())
     }
@@ -191,7 +200,10 @@ impl ModelSink for ReferenceModel {
         if !self.products.contains_key(&product) {
             return Err(BuildError::UnknownProduct { product });
         }
-        self.pools.entry(container).or_default().push((product, pool_score));
+        self.pools
+            .entry(container)
+            .or_default()
+            .push((product, pool_score));
         Ok(())
     }
 }

@@ -14,7 +14,11 @@ pub struct Segment {
     pub(crate) number: u32,
     pub(crate) dim: usize,
     pub(crate) product_ids: Vec<ProductId>,
-    pub(crate) categories: Vec<CategoryId>,
+    /// The distinct categories of this segment, sorted; rows refer to them by index.
+    pub(crate) category_dictionary: Vec<CategoryId>,
+    /// Per row, the index of its category in `category_dictionary`: half the bytes of the id,
+    /// and the affinity of a row becomes one table lookup (see [`score_segment`]).
+    pub(crate) category_codes: Vec<u16>,
     pub(crate) pool_scores: Vec<f32>,
     pub(crate) in_stock: Vec<bool>,
     pub(crate) vectors: Vec<f32>,
@@ -44,9 +48,14 @@ impl Segment {
         self.vectors.len() * 4
     }
 
+    pub fn category(&self, row: usize) -> CategoryId {
+        self.category_dictionary[usize::from(self.category_codes[row])]
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.product_ids.capacity() * 8
-            + self.categories.capacity() * 4
+            + self.category_dictionary.capacity() * 4
+            + self.category_codes.capacity() * 2
             + self.pool_scores.capacity() * 4
             + self.in_stock.capacity()
             + self.vectors.capacity() * 4
@@ -132,48 +141,88 @@ pub struct SegmentQuery<'a> {
 const BLOCK_ROWS: usize = 256;
 
 /// Scores the candidates of `segment` for `query` into `top`; returns how many were scored.
+///
+/// Three passes per block of rows: select the candidates (in stock, in the category) in pool
+/// order up to the take; compute their dot products with the kernel; finish the rule with
+/// per-category affinity weights looked up once per segment rather than once per row.
 pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK) -> u32 {
     let n = segment.len();
+    let category_code = match query.category {
+        None => None,
+        Some(c) => match segment.category_dictionary.binary_search(&c) {
+            Ok(code) => Some(code as u16),
+            Err(_) => return 0,
+        },
+    };
+    let (w_affinity, w_pool) = (query.weights.affinity, query.weights.pool);
+    // w_affinity * a(c, g) for every category g of this segment, by code.
+    let affinity_by_code: Vec<f32> = match query.vector {
+        Some(_) => segment
+            .category_dictionary
+            .iter()
+            .map(|&g| w_affinity * query.affinities.get(g))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut rows = [0u32; BLOCK_ROWS];
-    let mut dots = [0.0f32; BLOCK_ROWS];
+    let mut scores = [0.0f32; BLOCK_ROWS];
     let mut taken: u32 = 0;
     let mut r = 0usize;
     while r < n && taken < query.take {
-        // 1. Select the next block of candidates in pool order.
+        // 1. Select the next block of candidates in pool order (branch-free).
+        let want = (BLOCK_ROWS as u32).min(query.take - taken) as usize;
         let mut m = 0;
-        while r < n && m < BLOCK_ROWS && taken < query.take {
-            let candidate = segment.in_stock[r]
-                && query.category.is_none_or(|c| segment.categories[r] == c);
-            if candidate {
-                rows[m] = r as u32;
-                m += 1;
-                taken += 1;
-            }
-            r += 1;
-        }
-        // 2. The CF stage for the whole block.
-        if let Some(vector) = query.vector {
-            dot_rows(vector, &segment.vectors, &rows[..m], &mut dots[..m]);
-        }
-        // 3. The rest of the rule, the cursor filter and the top-k.
-        for (&row, &dot) in rows[..m].iter().zip(&dots[..m]) {
-            let row = row as usize;
-            let category = segment.categories[row];
-            let pool = query.weights.pool * segment.pool_scores[row];
-            let score = match query.vector {
-                Some(_) => {
-                    canonical_score((dot + query.weights.affinity * query.affinities.get(category)) + pool)
+        match category_code {
+            None => {
+                while r < n && m < want {
+                    rows[m] = r as u32;
+                    m += usize::from(segment.in_stock[r]);
+                    r += 1;
                 }
-                None => canonical_score(pool),
-            };
-            let item = RankedItem {
-                product: segment.product_ids[row],
-                score,
-                category,
-            };
-            if query.after.is_none_or(|after| item.key().is_after(&after)) {
-                top.push(item);
             }
+            Some(code) => {
+                while r < n && m < want {
+                    rows[m] = r as u32;
+                    m += usize::from(segment.in_stock[r] & (segment.category_codes[r] == code));
+                    r += 1;
+                }
+            }
+        }
+        taken += m as u32;
+        let rows = &rows[..m];
+        let scores = &mut scores[..m];
+        // 2. and 3. The dot products, then the rest of the rule.
+        match query.vector {
+            Some(vector) => {
+                dot_rows(vector, &segment.vectors, rows, scores);
+                for (&row, score) in rows.iter().zip(scores.iter_mut()) {
+                    let row = row as usize;
+                    let affinity = affinity_by_code[usize::from(segment.category_codes[row])];
+                    *score =
+                        canonical_score((*score + affinity) + w_pool * segment.pool_scores[row]);
+                }
+            }
+            None => {
+                for (&row, score) in rows.iter().zip(scores.iter_mut()) {
+                    *score = canonical_score(w_pool * segment.pool_scores[row as usize]);
+                }
+            }
+        }
+        // 4. The cursor filter and the top-k.
+        for (&row, &score) in rows.iter().zip(scores.iter()) {
+            let row = row as usize;
+            let key = RankKey {
+                score,
+                product: segment.product_ids[row],
+            };
+            if !top.accepts(&key) || query.after.is_some_and(|after| !key.is_after(&after)) {
+                continue;
+            }
+            top.push(RankedItem {
+                product: key.product,
+                score,
+                category: segment.category(row),
+            });
         }
     }
     taken

@@ -35,7 +35,8 @@ impl CustomerView<'_> {
 
 /// The top `k` of a customer's categories by weight, ties by lower category id.
 pub fn top_categories(ids: &[CategoryId], weights: &[f32], k: usize) -> Vec<(CategoryId, f32)> {
-    let mut all: Vec<(CategoryId, f32)> = ids.iter().copied().zip(weights.iter().copied()).collect();
+    let mut all: Vec<(CategoryId, f32)> =
+        ids.iter().copied().zip(weights.iter().copied()).collect();
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     all.truncate(k);
     all

@@ -13,11 +13,16 @@ use scoregrid_shard::{
     score_segment,
 };
 
+/// (id, vector, categories)
+type CustomerRow = (u64, Vec<f32>, Vec<(u32, f32)>);
+/// (id, category, vector, in stock)
+type ProductRow = (u64, u32, Vec<f32>, bool);
+
 #[derive(Clone, Debug)]
 struct Model {
     dim: usize,
-    customers: Vec<(u64, Vec<f32>, Vec<(u32, f32)>)>,
-    products: Vec<(u64, u32, Vec<f32>, bool)>,
+    customers: Vec<CustomerRow>,
+    products: Vec<ProductRow>,
     pools: Vec<(u64, u64, f32)>,
 }
 
@@ -40,7 +45,11 @@ fn model() -> impl Strategy<Value = Model> {
                 id(),
                 (
                     proptest::collection::vec(value(), dim),
-                    proptest::collection::btree_map(proptest::sample::select(CATEGORIES.to_vec()), value(), 0..3),
+                    proptest::collection::btree_map(
+                        proptest::sample::select(CATEGORIES.to_vec()),
+                        value(),
+                        0..3,
+                    ),
                 ),
                 0..if small { 12 } else { 3 },
             );
@@ -80,8 +89,14 @@ fn model() -> impl Strategy<Value = Model> {
             }
             Model {
                 dim,
-                customers: customers.into_iter().map(|(id, (v, c))| (id, v, c.into_iter().collect())).collect(),
-                products: products.into_iter().map(|(id, (c, v, s))| (id, c, v, s)).collect(),
+                customers: customers
+                    .into_iter()
+                    .map(|(id, (v, c))| (id, v, c.into_iter().collect()))
+                    .collect(),
+                products: products
+                    .into_iter()
+                    .map(|(id, (c, v, s))| (id, c, v, s))
+                    .collect(),
                 pools: entries,
             }
         })
@@ -125,12 +140,21 @@ fn page(
     let affinities = customer
         .map(|c| Affinities::from_sorted(c.category_ids, c.category_weights))
         .unwrap_or_default();
-    let plan = built.directory.container(q.container).unwrap().plan(q.category, q.candidates);
+    let plan = built
+        .directory
+        .container(q.container)
+        .unwrap()
+        .plan(q.category, q.candidates);
     let lists: Vec<Vec<RankedItem>> = plan
         .iter()
         .map(|s| {
-            let key = SegmentKey { container: q.container, number: s.number };
-            let segment = built.partitions[partition_of_segment(key, p).index()].segment(key).unwrap();
+            let key = SegmentKey {
+                container: q.container,
+                number: s.number,
+            };
+            let segment = built.partitions[partition_of_segment(key, p).index()]
+                .segment(key)
+                .unwrap();
             let mut top = TopK::new(limit + 1);
             let query = SegmentQuery {
                 vector: customer.map(|c| c.vector),
@@ -148,7 +172,10 @@ fn page(
 }
 
 fn bits(items: &[RankedItem]) -> Vec<(u64, u32, u32)> {
-    items.iter().map(|i| (i.product, i.score.to_bits(), i.category)).collect()
+    items
+        .iter()
+        .map(|i| (i.product, i.score.to_bits(), i.category))
+        .collect()
 }
 
 proptest! {
@@ -208,25 +235,68 @@ fn unknown_customer_scores_are_the_weighted_pool_score() {
     let model = Model {
         dim: 2,
         customers: vec![(1, vec![1.0, 1.0], vec![(7, 5.0)])],
-        products: vec![(10, 7, vec![1.0, 0.0], true), (11, 7, vec![0.0, 3.0], true), (12, 7, vec![9.0, 9.0], false)],
+        products: vec![
+            (10, 7, vec![1.0, 0.0], true),
+            (11, 7, vec![0.0, 3.0], true),
+            (12, 7, vec![9.0, 9.0], false),
+        ],
         pools: vec![(5, 10, 0.25), (5, 11, 0.75), (5, 12, 1.0)],
     };
     let built = build(&model, 4, 2);
-    let w = ScoringWeights { affinity: 1.0, pool: 2.0 };
-    let q = ReferenceQuery { customer: 99, container: 5, category: None, candidates: None };
+    let w = ScoringWeights {
+        affinity: 1.0,
+        pool: 2.0,
+    };
+    let q = ReferenceQuery {
+        customer: 99,
+        container: 5,
+        category: None,
+        candidates: None,
+    };
     let items = page(&built, q, w, 10, None);
-    assert_eq!(bits(&items), bits(&[
-        RankedItem { product: 11, score: 1.5, category: 7 },
-        RankedItem { product: 10, score: 0.5, category: 7 },
-    ]));
+    assert_eq!(
+        bits(&items),
+        bits(&[
+            RankedItem {
+                product: 11,
+                score: 1.5,
+                category: 7
+            },
+            RankedItem {
+                product: 10,
+                score: 0.5,
+                category: 7
+            },
+        ])
+    );
     // Known customer: dot + 1.0 * 5.0 + 2.0 * pool; 12 is out of stock.
     let q = ReferenceQuery { customer: 1, ..q };
     let items = page(&built, q, w, 10, None);
-    assert_eq!(bits(&items), bits(&[
-        RankedItem { product: 11, score: 3.0 + 5.0 + 1.5, category: 7 },
-        RankedItem { product: 10, score: 1.0 + 5.0 + 0.5, category: 7 },
-    ]));
+    assert_eq!(
+        bits(&items),
+        bits(&[
+            RankedItem {
+                product: 11,
+                score: 3.0 + 5.0 + 1.5,
+                category: 7
+            },
+            RankedItem {
+                product: 10,
+                score: 1.0 + 5.0 + 0.5,
+                category: 7
+            },
+        ])
+    );
     // PPS: the top 1 by pool score is 11 (12 is out of stock, so not a candidate).
-    let items = page(&built, ReferenceQuery { candidates: Some(1), ..q }, w, 10, None);
+    let items = page(
+        &built,
+        ReferenceQuery {
+            candidates: Some(1),
+            ..q
+        },
+        w,
+        10,
+        None,
+    );
     assert_eq!(items.iter().map(|i| i.product).collect::<Vec<_>>(), [11]);
 }

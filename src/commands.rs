@@ -1,0 +1,210 @@
+//! The commands that are not the demo: `gen`, `bench`, and the process set-up they share
+//! (logging, runtime, shutdown signal).
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use scoregrid_bench::{BenchOptions, Target};
+use scoregrid_loader::Format;
+use scoregrid_loader::synth::{self, SynthSpec};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub fn init_logging(filter: &str) -> Result<()> {
+    use tracing_subscriber::prelude::*;
+    let targets = tracing_subscriber::filter::Targets::from_str(filter)
+        .with_context(|| format!("log.filter {filter:?} is not a valid filter"))?;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(targets),
+        )
+        .try_init()
+        .context("cannot install the logger")
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the process");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining requests in flight");
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Jsonl,
+    Parquet,
+}
+
+#[derive(Args)]
+pub struct GenArgs {
+    /// Directory to write (created; must not hold a model already).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    customers: u64,
+    #[arg(long, default_value_t = 20_000)]
+    products: u64,
+    #[arg(long, default_value_t = 200)]
+    containers: u64,
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    #[arg(long, value_enum, default_value_t = FormatArg::Jsonl)]
+    format: FormatArg,
+    /// Products per container; without it, a mix of lists (20-100) and grids (1,000-20,000).
+    #[arg(long)]
+    pool_products: Option<u32>,
+    /// Distinct product categories.
+    #[arg(long, default_value_t = 200)]
+    categories: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The model version name written to manifest.json.
+    #[arg(long, default_value = "synthetic-1")]
+    version: String,
+}
+
+pub fn gen_model(args: GenArgs) -> Result<()> {
+    let spec = SynthSpec {
+        customers: args.customers,
+        products: args.products,
+        containers: args.containers,
+        dim: args.dim,
+        categories: args.categories,
+        pool_products: args.pool_products,
+        seed: args.seed,
+        version: args.version,
+    };
+    let format = match args.format {
+        FormatArg::Jsonl => Format::Jsonl,
+        FormatArg::Parquet => Format::Parquet,
+    };
+    let started = std::time::Instant::now();
+    let summary = synth::write_model(&spec, &args.out, format)
+        .with_context(|| format!("cannot write a model to {}", args.out.display()))?;
+    println!(
+        "wrote {} in {:.1} s: {summary:?}",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TargetArg {
+    Recommend,
+    Healthz,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The router's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// The model the router serves: requests use its real customer and container ids.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = TargetArg::Recommend)]
+    target: TargetArg,
+    /// Concurrent keep-alive connections (closed loop: one request in flight each).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Per-request timeout, milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
+    /// Customer ids sampled from the model.
+    #[arg(long, default_value_t = 100_000)]
+    customers_max: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(name: &str, s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{name} {s} is not a number of seconds"))
+}
+
+pub async fn bench(args: BenchArgs) -> Result<()> {
+    let target = match args.target {
+        TargetArg::Recommend => Target::Recommend,
+        TargetArg::Healthz => Target::Healthz,
+    };
+    let keys = match (&args.model, target) {
+        (Some(dir), _) => {
+            let dir = dir.clone();
+            let (max, seed) = (args.customers_max, args.seed);
+            let keys = tokio::task::spawn_blocking(move || {
+                scoregrid_loader::sample_request_keys(&dir, max, seed)
+            })
+            .await
+            .context("key sampling task failed")??;
+            scoregrid_bench::RequestKeys {
+                customers: keys.customers,
+                containers: keys
+                    .containers
+                    .into_iter()
+                    .map(|(container, _)| container)
+                    .collect(),
+            }
+        }
+        (None, Target::Recommend) => {
+            bail!("--target recommend needs --model DIR to pick real customers and containers")
+        }
+        (None, Target::Healthz) => scoregrid_bench::RequestKeys::default(),
+    };
+    let options = BenchOptions {
+        url: args.url,
+        target,
+        connections: args.connections,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        limit: args.limit,
+        keys,
+        seed: args.seed,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    options.validate()?;
+    let report = scoregrid_bench::run(options).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

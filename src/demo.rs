@@ -1,0 +1,208 @@
+//! `scoregrid demo`: a whole cluster in one process. A model (a directory, or a synthetic one)
+//! is built into partitions; each of N nodes receives its own copy of the partitions the
+//! placement gives it (RF copies in all, as separate machines would hold them); a router
+//! reaches the nodes through the same client interface a network transport implements, and
+//! serves the HTTP API until Ctrl-C or SIGTERM.
+
+use crate::commands::shutdown_signal;
+use anyhow::{Context, Result};
+use scoregrid_config::Config;
+use scoregrid_loader::synth::{self, SynthSpec};
+use scoregrid_node::{LocalClient, Node};
+use scoregrid_raft::{ClusterMap, NodeInfo, NodeState, Placement, ReplicationFactor};
+use scoregrid_router::{ClusterView, RouterState};
+use scoregrid_shard::{
+    BuiltModel, ModelBuilder, ModelLayout, ModelVersion, Partition, PartitionCount,
+};
+use scoregrid_wire::{NodeClient, NodeId};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
+    let partitions = PartitionCount::new(config.placement.partitions)
+        .context("placement.partitions out of range")?;
+    let started = Instant::now();
+    let build_config = config.clone();
+    let source = model.clone();
+    let built = tokio::task::spawn_blocking(move || build(&build_config, partitions, source))
+        .await
+        .context("model build task failed")??;
+    let version = built.directory.version.clone();
+    let dim = built.directory.dim as usize;
+    let customers: usize = built.partitions.iter().map(|p| p.customers().len()).sum();
+    let example = example_request(&built);
+    tracing::info!(%version, customers, containers = built.directory.containers.len(),
+        seconds = started.elapsed().as_secs_f64(), "model built");
+
+    let node_count = config.demo.nodes;
+    let rf = config.placement.replication_factor.min(node_count);
+    if rf < config.placement.replication_factor {
+        tracing::warn!(
+            nodes = node_count,
+            rf,
+            "fewer nodes than placement.replication_factor: replicating {rf} times"
+        );
+    }
+    let rf = ReplicationFactor::new(rf).context("placement.replication_factor out of range")?;
+    let infos: Vec<NodeInfo> = (1..=u64::from(node_count))
+        .map(|i| NodeInfo {
+            id: NodeId(i),
+            address: "in-process".into(),
+            state: NodeState::Up,
+        })
+        .collect();
+    let mut map = ClusterMap::bootstrap(infos, partitions, rf, config.placement.virtual_nodes)?;
+    let nodes: Vec<Arc<Node>> = map
+        .nodes
+        .iter()
+        .map(|n| Arc::new(Node::new(n.id)))
+        .collect();
+    let BuiltModel {
+        partitions: built_partitions,
+        directory,
+    } = built;
+    let vector_bytes = distribute(built_partitions, &map.placement, &nodes, &version, dim);
+    map.activate(version.clone());
+    map.check()?;
+
+    let state = Arc::new(RouterState::new(config.clone()));
+    let clients: Vec<Arc<dyn NodeClient>> = nodes
+        .iter()
+        .map(|n| Arc::new(LocalClient::new(n.clone())) as Arc<dyn NodeClient>)
+        .collect();
+    state.set_view(ClusterView::new(map, vec![directory], clients));
+
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    let addr = listener.local_addr()?;
+    let resident = resident_bytes();
+    metrics::gauge!("scoregrid_process_resident_bytes").set(resident as f64);
+    metrics::gauge!("scoregrid_demo_vector_bytes").set(vector_bytes as f64);
+    println!(
+        "scoregrid demo: model {version} ({customers} customers, dim {dim}) on {node_count} in-process nodes, \
+         RF {}, {} partitions",
+        rf.get(),
+        partitions.get()
+    );
+    println!(
+        "  vectors held: {:.1} MiB (RF included); resident memory: {:.1} MiB ({:.2}x)",
+        mib(vector_bytes),
+        mib(resident),
+        resident as f64 / vector_bytes.max(1) as f64
+    );
+    println!(
+        "  ready in {:.1} s; listening on http://{addr}",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some((customer, container)) = example {
+        println!(
+            "try:\n  curl 'http://{addr}/v1/recommend?customer={customer}&container={container}&limit=5'"
+        );
+        println!("  curl 'http://{addr}/v1/customers/{customer}/categories?k=3'");
+    }
+    println!("  curl 'http://{addr}/v1/cluster'\n  curl 'http://{addr}/metrics'");
+    scoregrid_router::serve(state, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn build(
+    config: &Config,
+    partitions: PartitionCount,
+    model: Option<PathBuf>,
+) -> Result<BuiltModel> {
+    let segment_products_max = config.model.segment_products_max;
+    match model {
+        Some(dir) => {
+            let (_, built) = scoregrid_loader::build_model(&dir, partitions, segment_products_max)
+                .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+            Ok(built)
+        }
+        None => {
+            let d = &config.demo;
+            let spec = SynthSpec {
+                customers: d.customers,
+                products: d.products,
+                containers: d.containers,
+                dim: d.dim as usize,
+                categories: 200,
+                pool_products: None,
+                seed: d.seed,
+                version: "synthetic-demo".into(),
+            };
+            let mut builder = ModelBuilder::new(ModelLayout {
+                version: ModelVersion::new(&spec.version).map_err(anyhow::Error::msg)?,
+                dim: spec.dim,
+                partitions,
+                segment_products_max,
+            });
+            synth::generate_into(&spec, &mut builder)
+                .context("cannot generate the synthetic model")?;
+            Ok(builder.finish()?)
+        }
+    }
+}
+
+/// Hands every partition to each of its replicas: a copy for all but the last, which takes the
+/// original (no spare copy is ever held). Returns the vector bytes now held, RF included.
+fn distribute(
+    partitions: Vec<Partition>,
+    placement: &Placement,
+    nodes: &[Arc<Node>],
+    version: &ModelVersion,
+    dim: usize,
+) -> usize {
+    let mut per_node: Vec<Vec<Partition>> = nodes.iter().map(|_| Vec::new()).collect();
+    let index_of = |id: NodeId| nodes.iter().position(|n| n.id() == id);
+    let mut vector_bytes = 0;
+    for partition in partitions {
+        let replicas: Vec<usize> = placement
+            .replicas(partition.id())
+            .iter()
+            .filter_map(|&n| index_of(n))
+            .collect();
+        vector_bytes += partition.vector_bytes() * replicas.len();
+        if let Some((&last, others)) = replicas.split_last() {
+            for &i in others {
+                per_node[i].push(partition.clone());
+            }
+            per_node[last].push(partition);
+        }
+    }
+    for (node, partitions) in nodes.iter().zip(per_node) {
+        node.install(version.clone(), dim, placement.partitions(), partitions);
+    }
+    vector_bytes
+}
+
+/// A real customer and the container with the biggest pool, for the printed example.
+fn example_request(built: &BuiltModel) -> Option<(u64, u64)> {
+    let customer = built
+        .partitions
+        .iter()
+        .find_map(|p| p.customers().ids().first().copied())?;
+    let container = built
+        .directory
+        .containers
+        .iter()
+        .max_by_key(|(id, entry)| (entry.products(), std::cmp::Reverse(**id)))
+        .map(|(id, _)| *id)?;
+    Some((customer, container))
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// This process's resident set size (Linux `/proc/self/statm`), 0 where unknown.
+fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|pages| pages.parse::<usize>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
