@@ -116,6 +116,15 @@ impl TopK {
         }
     }
 
+    /// A score below which nothing can enter: the worst kept score once the heap is full,
+    /// else negative infinity. (`score < floor` is then a sure rejection; equal or unordered
+    /// scores go through [`TopK::accepts`].)
+    #[inline(always)]
+    pub fn floor_score(&self) -> f32 {
+        self.threshold()
+            .map_or(f32::NEG_INFINITY, |worst| worst.score)
+    }
+
     /// Whether an item at `key` would be kept: false once the heap is full and `key` does not
     /// rank before the worst item kept. One comparison, no heap access beyond the top.
     #[inline(always)]

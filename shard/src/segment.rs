@@ -137,14 +137,57 @@ pub struct SegmentQuery<'a> {
     pub after: Option<RankKey>,
 }
 
+/// `w_affinity * a(c, g)` for every category `g` of one segment, indexed by its code. Most
+/// segments hold at most 256 categories: a fixed table indexed by a byte then needs no bounds
+/// check per row.
+enum AffinityByCode {
+    Small(Box<[f32; 256]>),
+    Large(Vec<f32>),
+}
+
+impl AffinityByCode {
+    fn new(
+        segment: &Segment,
+        affinities: &Affinities,
+        w_affinity: f32,
+        personalized: bool,
+    ) -> Self {
+        let dictionary = if personalized {
+            &segment.category_dictionary[..]
+        } else {
+            &[]
+        };
+        let weight = |g: &CategoryId| w_affinity * affinities.get(*g);
+        if dictionary.len() <= 256 {
+            let mut table = Box::new([0.0f32; 256]);
+            for (slot, g) in table.iter_mut().zip(dictionary) {
+                *slot = weight(g);
+            }
+            Self::Small(table)
+        } else {
+            Self::Large(dictionary.iter().map(weight).collect())
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, code: u16) -> f32 {
+        match self {
+            // Codes of a segment with at most 256 categories are below 256.
+            Self::Small(table) => table[usize::from(code as u8)],
+            Self::Large(table) => table[usize::from(code)],
+        }
+    }
+}
+
 /// Rows scored per pass: the candidate indices and their dot products live on the stack.
 const BLOCK_ROWS: usize = 256;
 
 /// Scores the candidates of `segment` for `query` into `top`; returns how many were scored.
 ///
 /// Three passes per block of rows: select the candidates (in stock, in the category) in pool
-/// order up to the take; compute their dot products with the kernel; finish the rule with
-/// per-category affinity weights looked up once per segment rather than once per row.
+/// order up to the take; compute their dot products with the kernel; finish the rule (with
+/// per-category affinity weights looked up once per segment rather than once per row) and
+/// keep the best in the same pass.
 pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK) -> u32 {
     let n = segment.len();
     let category_code = match query.category {
@@ -155,15 +198,8 @@ pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK
         },
     };
     let (w_affinity, w_pool) = (query.weights.affinity, query.weights.pool);
-    // w_affinity * a(c, g) for every category g of this segment, by code.
-    let affinity_by_code: Vec<f32> = match query.vector {
-        Some(_) => segment
-            .category_dictionary
-            .iter()
-            .map(|&g| w_affinity * query.affinities.get(g))
-            .collect(),
-        None => Vec::new(),
-    };
+    let personalized = query.vector.is_some();
+    let affinity = AffinityByCode::new(segment, query.affinities, w_affinity, personalized);
     let mut rows = [0u32; BLOCK_ROWS];
     let mut scores = [0.0f32; BLOCK_ROWS];
     let mut taken: u32 = 0;
@@ -174,10 +210,20 @@ pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK
         let mut m = 0;
         match category_code {
             None => {
-                while r < n && m < want {
-                    rows[m] = r as u32;
-                    m += usize::from(segment.in_stock[r]);
-                    r += 1;
+                let end = (r + want).min(n);
+                if segment.in_stock[r..end].iter().all(|&s| s) {
+                    // The common case: a block with nothing out of stock.
+                    for (slot, row) in rows.iter_mut().zip(r..end) {
+                        *slot = row as u32;
+                    }
+                    m = end - r;
+                    r = end;
+                } else {
+                    while r < n && m < want {
+                        rows[m] = r as u32;
+                        m += usize::from(segment.in_stock[r]);
+                        r += 1;
+                    }
                 }
             }
             Some(code) => {
@@ -191,25 +237,47 @@ pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK
         taken += m as u32;
         let rows = &rows[..m];
         let scores = &mut scores[..m];
-        // 2. and 3. The dot products, then the rest of the rule.
-        match query.vector {
-            Some(vector) => {
-                dot_rows(vector, &segment.vectors, rows, scores);
-                for (&row, score) in rows.iter().zip(scores.iter_mut()) {
-                    let row = row as usize;
-                    let affinity = affinity_by_code[usize::from(segment.category_codes[row])];
-                    *score =
-                        canonical_score((*score + affinity) + w_pool * segment.pool_scores[row]);
+        // 2. The CF stage for the whole block.
+        if let Some(vector) = query.vector {
+            dot_rows(vector, &segment.vectors, rows, scores);
+        }
+        // 3. The rest of the rule for the block.
+        let contiguous = rows
+            .first()
+            .map(|&first| first as usize..first as usize + rows.len());
+        let contiguous =
+            contiguous.filter(|span| rows.last().is_some_and(|&l| l as usize + 1 == span.end));
+        match (personalized, contiguous) {
+            (true, Some(span)) => {
+                // Rows r..r+m: straight slices, no index checks per row.
+                let codes = &segment.category_codes[span.clone()];
+                let pools = &segment.pool_scores[span];
+                for ((score, &code), &pool) in scores.iter_mut().zip(codes).zip(pools) {
+                    *score = canonical_score((*score + affinity.get(code)) + w_pool * pool);
                 }
             }
-            None => {
+            (true, None) => {
+                for (&row, score) in rows.iter().zip(scores.iter_mut()) {
+                    let row = row as usize;
+                    let code = segment.category_codes[row];
+                    *score = canonical_score(
+                        (*score + affinity.get(code)) + w_pool * segment.pool_scores[row],
+                    );
+                }
+            }
+            (false, _) => {
                 for (&row, score) in rows.iter().zip(scores.iter_mut()) {
                     *score = canonical_score(w_pool * segment.pool_scores[row as usize]);
                 }
             }
         }
-        // 4. The cursor filter and the top-k.
+        // 4. The cursor filter and the top-k. Once the heap is full, most rows score below its
+        // worst item: one float comparison rejects them.
+        let mut floor = top.floor_score();
         for (&row, &score) in rows.iter().zip(scores.iter()) {
+            if score < floor {
+                continue;
+            }
             let row = row as usize;
             let key = RankKey {
                 score,
@@ -223,6 +291,7 @@ pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK
                 score,
                 category: segment.category(row),
             });
+            floor = top.floor_score();
         }
     }
     taken
