@@ -24,6 +24,34 @@ pub fn init_logging(filter: &str) -> Result<()> {
         .context("cannot install the logger")
 }
 
+/// One glibc malloc arena for the whole process. By default glibc gives each thread that
+/// allocates an arena of its own (up to 8 per core); the request path's short-lived buffers then
+/// leave free pages in every arena, and resident memory grows tens of MiB above the data held.
+/// Measured with the 1M-customer model after a 64-connection bench: 974 MiB resident with the
+/// default, 908 MiB with one arena, and throughput did not suffer (BENCHMARKS.md).
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_ARENA_MAX: i32 = -8;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
+        unsafe {
+            mallopt(M_ARENA_MAX, 1);
+        }
+    }
+}
+
+/// Writes one line to stdout; a closed pipe (`scoregrid bench | head`) is an error, not a panic.
+pub fn print_line(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,12 +135,15 @@ pub fn gen_model(args: GenArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let summary = synth::write_model(&spec, &args.out, format)
         .with_context(|| format!("cannot write a model to {}", args.out.display()))?;
-    println!(
-        "wrote {} in {:.1} s: {summary:?}",
+    print_line(&format!(
+        "wrote {} in {:.1} s: {} customers, {} products, {} containers, {} pool entries",
         args.out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+        started.elapsed().as_secs_f64(),
+        summary.customers,
+        summary.products,
+        summary.containers,
+        summary.pool_entries
+    ))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,10 +232,10 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     };
     options.validate()?;
     let report = scoregrid_bench::run(options).await?;
-    if args.json {
-        println!("{}", report.to_json());
+    let text = if args.json {
+        report.to_json()
     } else {
-        println!("{report}");
-    }
-    Ok(())
+        report.to_string()
+    };
+    print_line(&text)
 }

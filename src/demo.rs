@@ -4,7 +4,7 @@
 //! reaches the nodes through the same client interface a network transport implements, and
 //! serves the HTTP API until Ctrl-C or SIGTERM.
 
-use crate::commands::shutdown_signal;
+use crate::commands::{print_line, shutdown_signal};
 use anyhow::{Context, Result};
 use scoregrid_config::Config;
 use scoregrid_loader::synth::{self, SynthSpec};
@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
+    // First: metric handles created before the recorder exists would record into nothing.
+    if scoregrid_router::telemetry::prometheus().is_none() {
+        tracing::warn!("no metrics recorder: /metrics will answer 503");
+    }
     let partitions = PartitionCount::new(config.placement.partitions)
         .context("placement.partitions out of range")?;
     let started = Instant::now();
@@ -80,29 +84,33 @@ pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
     let resident = resident_bytes();
     metrics::gauge!("scoregrid_process_resident_bytes").set(resident as f64);
     metrics::gauge!("scoregrid_demo_vector_bytes").set(vector_bytes as f64);
-    println!(
+    let mut banner = format!(
         "scoregrid demo: model {version} ({customers} customers, dim {dim}) on {node_count} in-process nodes, \
-         RF {}, {} partitions",
+         RF {}, {} partitions\n",
         rf.get(),
         partitions.get()
     );
-    println!(
-        "  vectors held: {:.1} MiB (RF included); resident memory: {:.1} MiB ({:.2}x)",
+    banner += &format!(
+        "  vectors held: {:.1} MiB (RF included); resident memory: {:.1} MiB ({:.2}x)\n",
         mib(vector_bytes),
         mib(resident),
         resident as f64 / vector_bytes.max(1) as f64
     );
-    println!(
-        "  ready in {:.1} s; listening on http://{addr}",
+    banner += &format!(
+        "  ready in {:.1} s; listening on http://{addr}\n",
         started.elapsed().as_secs_f64()
     );
     if let Some((customer, container)) = example {
-        println!(
-            "try:\n  curl 'http://{addr}/v1/recommend?customer={customer}&container={container}&limit=5'"
+        banner += &format!(
+            "try:\n  curl 'http://{addr}/v1/recommend?customer={customer}&container={container}&limit=5'\n"
         );
-        println!("  curl 'http://{addr}/v1/customers/{customer}/categories?k=3'");
+        banner += &format!("  curl 'http://{addr}/v1/customers/{customer}/categories?k=3'\n");
     }
-    println!("  curl 'http://{addr}/v1/cluster'\n  curl 'http://{addr}/metrics'");
+    banner += &format!("  curl 'http://{addr}/v1/cluster'\n  curl 'http://{addr}/metrics'");
+    if let Err(error) = print_line(&banner) {
+        // Serving matters more than the banner: a closed stdout is only worth a log line.
+        tracing::warn!(%error, "cannot print the banner");
+    }
     scoregrid_router::serve(state, listener, shutdown_signal()).await?;
     Ok(())
 }

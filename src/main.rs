@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    commands::limit_malloc_arenas();
     let cli = Cli::parse();
     let config = scoregrid_config::Config::load(cli.config.as_deref())?;
     commands::init_logging(&config.log.filter)?;
@@ -65,9 +66,6 @@ fn main() -> Result<()> {
         }
         Command::Gen(args) => commands::gen_model(args),
         Command::Bench(args) => commands::runtime()?.block_on(commands::bench(args)),
-        Command::Config => {
-            print!("{}", config.to_toml());
-            Ok(())
-        }
+        Command::Config => commands::print_line(config.to_toml().trim_end()),
     }
 }

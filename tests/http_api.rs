@@ -309,6 +309,10 @@ async fn operational_endpoints_and_unknown_routes() {
         text.contains("scoregrid_recommend_stage_seconds_bucket{stage=\"score\""),
         "{text}"
     );
+    assert!(
+        text.contains("scoregrid_node_products_scored_total{node=\"n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

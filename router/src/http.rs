@@ -81,9 +81,24 @@ pub async fn serve(
         // Small responses: do not let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app(state))
+    // Histogram samples wait in the recorder until drained: drain them on a timer so that their
+    // memory is bounded by one interval's requests, whether or not anyone scrapes /metrics.
+    let upkeep = state.prometheus.clone().map(|handle| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::telemetry::UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    });
+    let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(task) = upkeep {
+        task.abort();
+    }
+    result
 }
 
 async fn observe(

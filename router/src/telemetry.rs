@@ -12,6 +12,10 @@ pub const PARTIAL_ANSWERS: &str = "scoregrid_recommend_partial_total";
 pub const NODE_CALL_ERRORS: &str = "scoregrid_router_node_call_errors_total";
 pub const ITEMS_RETURNED: &str = "scoregrid_recommend_items_total";
 
+/// How often histogram samples are folded into their buckets. At 30,000 requests/s and four
+/// samples per request, one interval holds at most ~5 MB of samples.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Latency buckets, in seconds: 25 µs to 5 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
