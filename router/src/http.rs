@@ -27,9 +27,6 @@ use tokio::net::TcpListener;
 /// Longest `x-request-id` accepted from a client; longer ones are replaced.
 const REQUEST_ID_CHARS_MAX: usize = 128;
 
-#[derive(Clone, Debug)]
-pub struct RequestId(pub Arc<str>);
-
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
@@ -101,11 +98,7 @@ pub async fn serve(
     result
 }
 
-async fn observe(
-    State(state): State<Arc<RouterState>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
@@ -131,10 +124,6 @@ async fn observe(
             Arc::from(format!("{:016x}", mix64(seq ^ process_salt())))
         }
     };
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
-
     let mut response = match state.in_flight.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::overloaded().into_response(),
