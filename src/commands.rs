@@ -8,6 +8,7 @@ use scoregrid_loader::Format;
 use scoregrid_loader::synth::{self, SynthSpec};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub fn init_logging(filter: &str) -> Result<()> {
@@ -57,6 +58,35 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// A shutdown every part of a process can wait on: set by Ctrl-C or SIGTERM.
+#[derive(Clone)]
+pub struct Shutdown {
+    sender: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Shutdown {
+    /// A shutdown set by the process's signals.
+    pub fn on_signals() -> Self {
+        let (sender, _) = tokio::sync::watch::channel(false);
+        let sender = Arc::new(sender);
+        let setter = sender.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            setter.send_replace(true);
+        });
+        Self { sender }
+    }
+
+    /// Completes once the shutdown is set.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.sender.subscribe();
+        async move {
+            // An error means the sender is gone: nobody can trigger any more, so stop as well.
+            let _ = receiver.wait_for(|&set| set).await;
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -1,20 +1,22 @@
 //! `scoregrid demo`: a whole cluster in one process. A model (a directory, or a synthetic one)
 //! is built into partitions; each of N nodes receives its own copy of the partitions the
-//! placement gives it (RF copies in all, as separate machines would hold them); a router
-//! reaches the nodes through the same client interface a network transport implements, and
-//! serves the HTTP API until Ctrl-C or SIGTERM.
+//! placement gives it (RF copies in all, as separate machines would hold them) and listens on
+//! QUIC on loopback; the router reaches them over QUIC with mutual TLS (a CA made for the
+//! demo, in memory), exactly as in a cluster, and serves the HTTP API until Ctrl-C or SIGTERM.
 
-use crate::commands::{print_line, shutdown_signal};
+use crate::commands::{Shutdown, print_line};
+use crate::serve;
 use anyhow::{Context, Result};
 use scoregrid_config::Config;
+use scoregrid_config::MemberConfig;
 use scoregrid_loader::synth::{self, SynthSpec};
-use scoregrid_node::{LocalClient, Node};
-use scoregrid_raft::{ClusterMap, NodeInfo, NodeState, Placement, ReplicationFactor};
-use scoregrid_router::{ClusterView, RouterState};
+use scoregrid_node::Node;
+use scoregrid_raft::Placement;
 use scoregrid_shard::{
-    BuiltModel, ModelBuilder, ModelLayout, ModelVersion, Partition, PartitionCount,
+    BuiltModel, Directory, ModelBuilder, ModelLayout, ModelVersion, Partition, PartitionCount,
 };
-use scoregrid_wire::{NodeClient, NodeId};
+use scoregrid_wire::{ClusterCa, NodeId, Service};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,42 +42,51 @@ pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
         seconds = started.elapsed().as_secs_f64(), "model built");
 
     let node_count = config.demo.nodes;
-    let rf = config.placement.replication_factor.min(node_count);
-    if rf < config.placement.replication_factor {
-        tracing::warn!(
-            nodes = node_count,
-            rf,
-            "fewer nodes than placement.replication_factor: replicating {rf} times"
-        );
+    let shutdown = Shutdown::on_signals();
+    // The demo's own CA, in memory: nodes and router authenticate each other as in a cluster.
+    let ca = ClusterCa::generate("scoregrid-demo")?;
+    let router_identity = ca.issue("router", &[])?;
+    let mut members = Vec::new();
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    let transport = serve::transport(&config)?;
+    for i in 1..=u64::from(node_count) {
+        let name = format!("node-{i}");
+        let identity = ca.issue(&name, &["127.0.0.1".to_string()])?;
+        let node = Arc::new(Node::new(NodeId(i)));
+        let server = serve::bind_node(
+            &node,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &identity,
+            transport.clone(),
+        )?;
+        members.push(MemberConfig {
+            id: i,
+            addr: server.local_addr(),
+            name,
+        });
+        nodes.push(node);
+        servers.push(server);
     }
-    let rf = ReplicationFactor::new(rf).context("placement.replication_factor out of range")?;
-    let infos: Vec<NodeInfo> = (1..=u64::from(node_count))
-        .map(|i| NodeInfo {
-            id: NodeId(i),
-            address: "in-process".into(),
-            state: NodeState::Up,
-        })
-        .collect();
-    let mut map = ClusterMap::bootstrap(infos, partitions, rf, config.placement.virtual_nodes)?;
-    let nodes: Vec<Arc<Node>> = map
-        .nodes
-        .iter()
-        .map(|n| Arc::new(Node::new(n.id)))
-        .collect();
+    let mut config = config;
+    config.cluster.nodes = members;
+    let map = serve::static_map(&config)?;
+    let rf = map.placement.replication_factor();
     let BuiltModel {
         partitions: built_partitions,
         directory,
     } = built;
-    let vector_bytes = distribute(built_partitions, &map.placement, &nodes, &version, dim);
-    map.activate(version.clone());
-    map.check()?;
-
-    let state = Arc::new(RouterState::new(config.clone()));
-    let clients: Vec<Arc<dyn NodeClient>> = nodes
-        .iter()
-        .map(|n| Arc::new(LocalClient::new(n.clone())) as Arc<dyn NodeClient>)
-        .collect();
-    state.set_view(ClusterView::new(map, vec![directory], clients));
+    let directory = Arc::new(directory);
+    let vector_bytes = distribute(built_partitions, &map.placement, &nodes, &directory)?;
+    for (node, server) in nodes.iter().zip(servers) {
+        tokio::spawn(server.serve(node.clone() as Arc<dyn Service>, shutdown.wait()));
+    }
+    let clients = serve::clients(&config.cluster.nodes, &router_identity, transport)?;
+    let state = serve::start_router(config.clone(), map, clients, shutdown.wait()).await;
+    anyhow::ensure!(
+        state.view().is_some_and(|v| v.active().is_some()),
+        "the router could not reach the demo's nodes over QUIC"
+    );
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -85,9 +96,8 @@ pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
     metrics::gauge!("scoregrid_process_resident_bytes").set(resident as f64);
     metrics::gauge!("scoregrid_demo_vector_bytes").set(vector_bytes as f64);
     let mut banner = format!(
-        "scoregrid demo: model {version} ({customers} customers, dim {dim}) on {node_count} in-process nodes, \
-         RF {}, {} partitions\n",
-        rf.get(),
+        "scoregrid demo: model {version} ({customers} customers, dim {dim}) on {node_count} nodes in this process, \
+         reached over QUIC with mutual TLS, RF {rf}, {} partitions\n",
         partitions.get()
     );
     banner += &format!(
@@ -111,7 +121,7 @@ pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
         // Serving matters more than the banner: a closed stdout is only worth a log line.
         tracing::warn!(%error, "cannot print the banner");
     }
-    scoregrid_router::serve(state, listener, shutdown_signal()).await?;
+    scoregrid_router::serve(state, listener, shutdown.wait()).await?;
     Ok(())
 }
 
@@ -158,9 +168,8 @@ fn distribute(
     partitions: Vec<Partition>,
     placement: &Placement,
     nodes: &[Arc<Node>],
-    version: &ModelVersion,
-    dim: usize,
-) -> usize {
+    directory: &Arc<Directory>,
+) -> Result<usize> {
     let mut per_node: Vec<Vec<Partition>> = nodes.iter().map(|_| Vec::new()).collect();
     let index_of = |id: NodeId| nodes.iter().position(|n| n.id() == id);
     let mut vector_bytes = 0;
@@ -179,13 +188,14 @@ fn distribute(
         }
     }
     for (node, partitions) in nodes.iter().zip(per_node) {
-        node.install(version.clone(), dim, placement.partitions(), partitions);
+        node.install(directory.clone(), partitions)
+            .map_err(anyhow::Error::msg)?;
     }
-    vector_bytes
+    Ok(vector_bytes)
 }
 
 /// A real customer and the container with the biggest pool, for the printed example.
-fn example_request(built: &BuiltModel) -> Option<(u64, u64)> {
+pub fn example_request(built: &BuiltModel) -> Option<(u64, u64)> {
     let customer = built
         .partitions
         .iter()

@@ -2,8 +2,11 @@
 //! one `run` per command; the wiring of crates lives in [`demo`], the only module that knows
 //! them all.
 
+mod cluster_local;
 mod commands;
 mod demo;
+mod push;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -45,6 +48,43 @@ enum Command {
     Bench(commands::BenchArgs),
     /// Print the effective configuration (defaults, file, environment), every key.
     Config,
+    /// Create the cluster CA and issue certificates for nodes, routers and loaders.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run a data node (`[node]`, `[cluster]`, `[tls]` of the configuration).
+    Node,
+    /// Run a router: the HTTP API in front of the nodes of `[cluster]`.
+    Router,
+    /// Run a whole cluster as child processes on this machine.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA (`ca.pem`, `ca.key`) in DIR; refuses to replace an existing one.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue `NAME.pem` and `NAME.key`, signed by the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The name peers will check (a node's `cluster.nodes[].name`).
+        #[arg(long)]
+        name: String,
+        /// Extra subject alternative names: DNS names or IP addresses.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// N node processes and a router on loopback (127.0.0.x), certificates in a temporary
+    /// directory, the model loaded; stops them all on Ctrl-C or SIGTERM.
+    Local(cluster_local::LocalArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,5 +107,27 @@ fn main() -> Result<()> {
         Command::Gen(args) => commands::gen_model(args),
         Command::Bench(args) => commands::runtime()?.block_on(commands::bench(args)),
         Command::Config => commands::print_line(config.to_toml().trim_end()),
+        Command::Certs(CertsCommand::Init { dir }) => {
+            scoregrid_wire::init_ca(&dir)?;
+            commands::print_line(&format!("cluster CA written to {}", dir.display()))
+        }
+        Command::Certs(CertsCommand::Issue { dir, name, sans }) => {
+            scoregrid_wire::issue_to_dir(&dir, &name, &sans)?;
+            commands::print_line(&format!(
+                "{name}.pem and {name}.key written to {}",
+                dir.display()
+            ))
+        }
+        Command::Node => commands::runtime()?.block_on(async {
+            let shutdown = commands::Shutdown::on_signals();
+            serve::run_node(config, shutdown.wait()).await
+        }),
+        Command::Router => commands::runtime()?.block_on(async {
+            let shutdown = commands::Shutdown::on_signals();
+            serve::run_router(config, shutdown).await
+        }),
+        Command::Cluster(ClusterCommand::Local(args)) => {
+            commands::runtime()?.block_on(cluster_local::run(config, args))
+        }
     }
 }

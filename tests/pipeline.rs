@@ -149,3 +149,78 @@ fn losing_two_nodes_reports_partial_coverage() {
     }
     assert!(served > 0, "some customers live on node 2");
 }
+
+/// A real node answering late: its replies wait `delay` (as a stalled process or a congested
+/// link would make them).
+struct Late {
+    inner: scoregrid_node::LocalClient,
+    delay: std::time::Duration,
+}
+
+impl scoregrid_wire::NodeClient for Late {
+    fn node(&self) -> scoregrid_wire::NodeId {
+        self.inner.node()
+    }
+    fn call(
+        &self,
+        request: scoregrid_wire::Request,
+    ) -> scoregrid_wire::RpcFuture<scoregrid_wire::Response> {
+        let (delay, call) = (self.delay, self.inner.call(request));
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            call.await
+        })
+    }
+}
+
+/// A node answering after 400 ms does not make requests wait for it: once its hedging delay
+/// (at most 20 ms here) passes, the same segments go to their other replica, and the answer is
+/// complete and identical to the reference, well inside the 1 s deadline.
+#[test]
+fn a_slow_replica_is_hedged() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let (built, reference) = common::build(3, 16, 4);
+    let mut config = Config::default();
+    config.router.hedge_delay_max_ms = 20;
+    let state = common::router_with(built, 3, 2, config, |id, client| {
+        let delay = if id.0 == 1 {
+            Duration::from_millis(400)
+        } else {
+            Duration::ZERO
+        };
+        Some(Arc::new(Late {
+            inner: client,
+            delay,
+        }) as Arc<dyn scoregrid_wire::NodeClient>)
+    });
+    let rt = runtime();
+    let expect_for = |customer| {
+        reference
+            .rank(
+                ReferenceQuery {
+                    customer,
+                    container: 1,
+                    category: None,
+                    candidates: None,
+                },
+                ScoringWeights::default(),
+            )
+            .unwrap()
+    };
+    for i in 0..common::CUSTOMERS {
+        let customer = common::customer_id(i);
+        let started = Instant::now();
+        let r = rt
+            .block_on(state.recommend(params(customer, 1, None, None, 1000)))
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.coverage.answered, r.coverage.segments);
+        assert_eq!(bits(&r.items), bits(&expect_for(customer).items));
+        // Both the customer fetch and the segment calls are hedged.
+        assert!(
+            took < Duration::from_millis(300),
+            "customer {customer} took {took:?}"
+        );
+    }
+}

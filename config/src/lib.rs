@@ -8,14 +8,17 @@
 //! silently fall back to a default.
 //!
 //! # Layout
-//! - [`Config`] and its sections: the keys, their defaults and what each bounds.
+//! - [`Config`]: one section per concern ([`sections`]: the keys, their defaults and what each
+//!   bounds).
 //! - [`Config::load`] / [`Config::from_toml_str`]: parsing and environment overrides.
 //! - [`Config::validate`]: the cross-key rules, with messages that name the key.
 
 mod overrides;
+mod sections;
+
+pub use sections::*;
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::path::Path;
 use thiserror::Error;
 
@@ -47,176 +50,10 @@ pub struct Config {
     pub model: ModelConfig,
     pub demo: DemoConfig,
     pub log: LogConfig,
-}
-
-/// The router's HTTP listener.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address the HTTP API listens on.
-    pub addr: SocketAddr,
-    /// Largest request body accepted (`POST /v1/score`); larger bodies get 413.
-    pub request_body_bytes_max: usize,
-    /// Requests served at once; a request beyond it is answered 503 `overloaded` at once
-    /// rather than queued, so a burst cannot build an unbounded backlog.
-    pub requests_in_flight_max: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            request_body_bytes_max: 1 << 20,
-            requests_in_flight_max: 4096,
-        }
-    }
-}
-
-/// The weights of the scoring rule (contract section 2).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScoringConfig {
-    /// Weight of the customer's affinity for the product's category.
-    pub w_affinity: f32,
-    /// Weight of the product's pool score in the container.
-    pub w_pool: f32,
-}
-
-impl Default for ScoringConfig {
-    fn default() -> Self {
-        Self {
-            w_affinity: 1.0,
-            w_pool: 1.0,
-        }
-    }
-}
-
-/// Bounds of the public API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
-    /// Items per page when the request gives no `limit`.
-    pub limit_default: u32,
-    /// Largest `limit` accepted (the contract's 1..=1000); larger is a 400.
-    pub limit_max: u32,
-    /// Largest `candidates` accepted; larger is a 400.
-    pub candidates_max: u64,
-    /// Products accepted in one `POST /v1/score` call; more is a 400.
-    pub score_products_max: usize,
-    /// `k` of `/v1/customers/{id}/categories` when none is given.
-    pub categories_k_default: u32,
-    /// Largest `k` accepted there.
-    pub categories_k_max: u32,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            limit_default: 20,
-            limit_max: 1000,
-            candidates_max: 10_000_000,
-            score_products_max: 10_000,
-            categories_k_default: 10,
-            categories_k_max: 1000,
-        }
-    }
-}
-
-/// How the router calls nodes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RouterConfig {
-    /// Deadline of a whole request; a node that has not answered by then is reported in
-    /// `coverage` rather than waited for.
-    pub request_deadline_ms: u64,
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        Self {
-            request_deadline_ms: 1000,
-        }
-    }
-}
-
-/// How keys map to partitions and partitions to nodes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PlacementConfig {
-    /// Logical partitions `P`. Changing it re-shuffles every key: fixed for a cluster's life.
-    pub partitions: u32,
-    /// Replicas of every partition, on distinct nodes.
-    pub replication_factor: u32,
-    /// Points per node on the consistent-hash ring: fewer leave some nodes overloaded.
-    pub virtual_nodes: u32,
-}
-
-impl Default for PlacementConfig {
-    fn default() -> Self {
-        Self {
-            partitions: 1024,
-            replication_factor: 2,
-            virtual_nodes: 256,
-        }
-    }
-}
-
-/// How a model is cut up when it is loaded.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// Largest number of products in one pool segment (`S`): a bigger pool is cut into several
-    /// segments, scored in parallel on several nodes.
-    pub segment_products_max: u32,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            segment_products_max: 4096,
-        }
-    }
-}
-
-/// `scoregrid demo`: the in-process cluster and its synthetic model (when no `--model`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DemoConfig {
-    /// Data nodes in the demo.
-    pub nodes: u32,
-    pub customers: u64,
-    pub products: u64,
-    pub containers: u64,
-    pub dim: u32,
-    pub seed: u64,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        Self {
-            nodes: 3,
-            customers: 100_000,
-            products: 20_000,
-            containers: 200,
-            dim: 64,
-            seed: 42,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// A `tracing` filter: a level (`info`) or per-target levels (`warn,scoregrid_router=debug`).
-    pub filter: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            filter: "info".into(),
-        }
-    }
+    pub cluster: ClusterConfig,
+    pub node: NodeConfig,
+    pub tls: TlsConfig,
+    pub transport: TransportConfig,
 }
 
 impl Config {
@@ -325,6 +162,42 @@ impl Config {
         if !(1..=65_536).contains(&self.model.segment_products_max) {
             return invalid("model.segment_products_max", "must be in 1..=65536");
         }
+        let r = &self.router;
+        if r.hedge_delay_min_ms == 0 || r.hedge_delay_min_ms > r.hedge_delay_max_ms {
+            return invalid(
+                "router.hedge_delay_min_ms",
+                "must be in 1..=router.hedge_delay_max_ms",
+            );
+        }
+        if r.breaker_failures == 0 {
+            return invalid("router.breaker_failures", "must be at least 1");
+        }
+        if !(1..=600_000).contains(&r.breaker_open_ms) {
+            return invalid("router.breaker_open_ms", "must be in 1..=600000");
+        }
+        if !(10..=600_000).contains(&r.refresh_interval_ms) {
+            return invalid("router.refresh_interval_ms", "must be in 10..=600000");
+        }
+        let t = &self.transport;
+        if !(1 << 16..=1 << 30).contains(&t.frame_bytes_max) {
+            return invalid("transport.frame_bytes_max", "must be in 65536..=1073741824");
+        }
+        if t.connect_timeout_ms == 0 || t.request_timeout_ms == 0 {
+            return invalid(
+                "transport.connect_timeout_ms",
+                "timeouts must be at least 1 ms",
+            );
+        }
+        if t.keep_alive_ms == 0 || t.keep_alive_ms >= t.idle_timeout_ms {
+            return invalid(
+                "transport.keep_alive_ms",
+                "must be at least 1 and below transport.idle_timeout_ms",
+            );
+        }
+        if !(1..=100_000).contains(&t.streams_max) {
+            return invalid("transport.streams_max", "must be in 1..=100000");
+        }
+        self.validate_members()?;
         let d = &self.demo;
         if !(1..=64).contains(&d.nodes) {
             return invalid("demo.nodes", "must be in 1..=64");
@@ -339,6 +212,40 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    fn validate_members(&self) -> Result<(), ConfigError> {
+        let nodes = &self.cluster.nodes;
+        for (i, a) in nodes.iter().enumerate() {
+            if a.name.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.nodes",
+                    message: format!("node {} has an empty name", a.id),
+                });
+            }
+            if let Some(b) = nodes[..i].iter().find(|b| b.id == a.id || b.addr == a.addr) {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.nodes",
+                    message: format!("nodes {} and {} share an id or an address", b.id, a.id),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The member entry of `node.id`, for `scoregrid node`.
+    ///
+    /// # Errors
+    /// When `node.id` is not one of `cluster.nodes`.
+    pub fn this_member(&self) -> Result<&MemberConfig, ConfigError> {
+        self.cluster
+            .nodes
+            .iter()
+            .find(|m| m.id == self.node.id)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "node.id",
+                message: format!("{} is not one of cluster.nodes", self.node.id),
+            })
     }
 }
 
@@ -411,6 +318,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("addr"), "{e}");
+    }
+
+    #[test]
+    fn cluster_members_are_parsed_and_checked() {
+        let text = "[node]\nid = 2\n[[cluster.nodes]]\nid = 1\naddr = \"127.0.0.2:7000\"\nname = \"node-1\"\n\
+                    [[cluster.nodes]]\nid = 2\naddr = \"127.0.0.3:7000\"\nname = \"node-2\"\n";
+        let c = parse(text, &[]).unwrap();
+        assert_eq!(c.cluster.nodes.len(), 2);
+        assert_eq!(c.this_member().unwrap().name, "node-2");
+        let duplicate = text.replace("127.0.0.3", "127.0.0.2");
+        let e = parse(&duplicate, &[]).unwrap_err().to_string();
+        assert!(e.contains("cluster.nodes") && e.contains("share"), "{e}");
+        let e = parse(text, &[("SCOREGRID_CLUSTER_NODES", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be set from the environment"), "{e}");
+        let e = parse(&text.replace("id = 2\n[[", "id = 9\n[["), &[])
+            .unwrap()
+            .this_member()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.id"), "{e}");
+    }
+
+    #[test]
+    fn example_configurations_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse(&text, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "node-1..3 and router examples");
     }
 
     #[test]

@@ -2,59 +2,75 @@
 
 use scoregrid_shard::hashing::{partition_of_customer, partition_of_product, partition_of_segment};
 use scoregrid_shard::{
-    CustomerId, ModelVersion, Partition, PartitionCount, ProductId, Segment, SegmentKey,
+    CustomerId, Directory, ModelVersion, Partition, PartitionCount, PartitionId, ProductId,
+    Segment, SegmentKey,
 };
 use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct HostedVersion {
-    version: ModelVersion,
-    dim: usize,
-    partition_count: PartitionCount,
+    directory: Arc<Directory>,
     /// Indexed by partition id; `None` where this node holds no replica.
     partitions: Vec<Option<Arc<Partition>>>,
 }
 
 impl HostedVersion {
-    /// # Panics
-    /// If a partition belongs to another version or partition count: the caller hands over the
-    /// partitions of one built version.
-    pub fn new(
-        version: ModelVersion,
-        dim: usize,
-        partition_count: PartitionCount,
-        partitions: Vec<Partition>,
-    ) -> Self {
-        let mut slots: Vec<Option<Arc<Partition>>> = vec![None; partition_count.get() as usize];
+    /// Hosts `partitions` of the version `directory` describes.
+    ///
+    /// # Errors
+    /// A message naming the partition that belongs to another version, partition count or dim,
+    /// or is given twice: partitions can arrive over the network, so this is checked, not assumed.
+    pub fn new(directory: Arc<Directory>, partitions: Vec<Partition>) -> Result<Self, String> {
+        let count = directory.partitions;
+        let mut slots: Vec<Option<Arc<Partition>>> = vec![None; count.get() as usize];
         for p in partitions {
-            assert_eq!(p.version(), &version, "partition of another version");
-            assert_eq!(
-                p.partition_count(),
-                partition_count,
-                "partition of another layout"
-            );
-            assert_eq!(p.dim(), dim, "partition of another dim");
+            if p.version() != &directory.version
+                || p.partition_count() != count
+                || p.dim() != directory.dim as usize
+            {
+                return Err(format!(
+                    "partition {} is of version {} ({} partitions, dim {}), expected {} ({} partitions, dim {})",
+                    p.id(),
+                    p.version(),
+                    p.partition_count().get(),
+                    p.dim(),
+                    directory.version,
+                    count.get(),
+                    directory.dim
+                ));
+            }
             let index = p.id().index();
+            if slots[index].is_some() {
+                return Err(format!("partition {} given twice", p.id()));
+            }
             slots[index] = Some(Arc::new(p));
         }
-        Self {
-            version,
-            dim,
-            partition_count,
+        Ok(Self {
+            directory,
             partitions: slots,
-        }
+        })
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    pub fn holds(&self, partition: PartitionId) -> bool {
+        self.partitions
+            .get(partition.index())
+            .is_some_and(Option::is_some)
     }
 
     pub fn version(&self) -> &ModelVersion {
-        &self.version
+        &self.directory.version
     }
 
     pub fn dim(&self) -> usize {
-        self.dim
+        self.directory.dim as usize
     }
 
     pub fn partition_count(&self) -> PartitionCount {
-        self.partition_count
+        self.directory.partitions
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = &Partition> {
@@ -63,15 +79,15 @@ impl HostedVersion {
 
     /// `Some(holds)`: whether the customer's partition is hosted here.
     pub fn customer_partition(&self, customer: CustomerId) -> Option<&Partition> {
-        self.partitions[partition_of_customer(customer, self.partition_count).index()].as_deref()
+        self.partitions[partition_of_customer(customer, self.partition_count()).index()].as_deref()
     }
 
     pub fn product_partition(&self, product: ProductId) -> Option<&Partition> {
-        self.partitions[partition_of_product(product, self.partition_count).index()].as_deref()
+        self.partitions[partition_of_product(product, self.partition_count()).index()].as_deref()
     }
 
     pub fn segment(&self, key: SegmentKey) -> Option<&Segment> {
-        self.partitions[partition_of_segment(key, self.partition_count).index()]
+        self.partitions[partition_of_segment(key, self.partition_count()).index()]
             .as_deref()?
             .segment(key)
     }

@@ -8,13 +8,18 @@
 //!
 //! # Layout
 //! - [`hosted`]: the snapshot of versions and partitions a node holds.
+//! - [`control`]: staging, activation, retention and restore, for a node with a data directory.
 //! - [`service`]: [`Node`], which answers requests from the snapshot, and its metrics.
 //! - [`local`]: [`LocalClient`], the in-process [`scoregrid_wire::NodeClient`].
+//! - [`store`]: the data directory: partition files, directories, the active marker.
 
+pub mod control;
 pub mod hosted;
 pub mod local;
 pub mod service;
+pub mod store;
 
+pub use control::Control;
 pub use hosted::HostedVersion;
 pub use local::LocalClient;
 pub use service::{Node, NodeStats};

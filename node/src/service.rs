@@ -4,7 +4,7 @@ use crate::hosted::HostedVersion;
 use arc_swap::ArcSwap;
 use metrics::Counter;
 use scoregrid_shard::{
-    ModelVersion, Partition, PartitionCount, SegmentQuery, TopK, kernel, score_segment,
+    Directory, ModelVersion, Partition, SegmentQuery, TopK, kernel, score_segment,
 };
 use scoregrid_wire::{
     CustomerProfile, FetchCustomer, NodeError, NodeId, ProductScore, Request, Response,
@@ -14,9 +14,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The versions a node hosts. Replaced whole on every change (copy-on-write).
-#[derive(Debug, Default)]
-struct Hosted {
-    versions: HashMap<ModelVersion, Arc<HostedVersion>>,
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Hosted {
+    pub(crate) versions: HashMap<ModelVersion, Arc<HostedVersion>>,
+    /// The version new requests use; older hosted ones serve open cursors.
+    pub(crate) active: Option<ModelVersion>,
+    /// Hosted versions, oldest activation first (retention drops from the front).
+    pub(crate) order: Vec<ModelVersion>,
 }
 
 /// Handles for the node's hot-path metrics, registered once (a registry lookup per request
@@ -49,8 +53,10 @@ impl NodeMetrics {
 
 pub struct Node {
     id: NodeId,
-    hosted: ArcSwap<Hosted>,
+    pub(crate) hosted: ArcSwap<Hosted>,
     metrics: NodeMetrics,
+    /// Staging, disk and retention: absent for a node that only serves what it is handed.
+    pub(crate) control: Option<crate::control::Control>,
 }
 
 /// What a node holds, for `/v1/cluster` and metrics.
@@ -65,11 +71,22 @@ pub struct NodeStats {
 }
 
 impl Node {
+    /// A node that serves what [`Node::install`] hands it, from RAM only.
     pub fn new(id: NodeId) -> Self {
         Self {
             id,
             hosted: ArcSwap::from_pointee(Hosted::default()),
             metrics: NodeMetrics::new(id),
+            control: None,
+        }
+    }
+
+    /// A node with a data directory: it accepts staged versions, activates them, keeps them on
+    /// disk, and restores the active one at start ([`Node::restore`]).
+    pub fn with_control(id: NodeId, control: crate::control::Control) -> Self {
+        Self {
+            control: Some(control),
+            ..Self::new(id)
         }
     }
 
@@ -77,37 +94,47 @@ impl Node {
         self.id
     }
 
-    /// Starts hosting `partitions` of `version` (replacing what this node held of it).
+    /// Starts serving `partitions` of the version `directory` describes, as the active version
+    /// (replacing what this node held of it).
+    ///
+    /// # Errors
+    /// When a partition does not belong to that version (see [`HostedVersion::new`]).
     pub fn install(
         &self,
-        version: ModelVersion,
-        dim: usize,
-        partition_count: PartitionCount,
+        directory: Arc<Directory>,
         partitions: Vec<Partition>,
-    ) {
-        let hosted = Arc::new(HostedVersion::new(
-            version.clone(),
-            dim,
-            partition_count,
-            partitions,
-        ));
+    ) -> Result<(), String> {
+        let version = directory.version.clone();
+        let hosted = Arc::new(HostedVersion::new(directory, partitions)?);
         metrics::gauge!("scoregrid_node_vector_bytes", "node" => self.id.to_string(), "version" => version.to_string())
             .set(hosted.vector_bytes() as f64);
         self.hosted.rcu(|current| {
-            let mut versions = current.versions.clone();
-            versions.insert(version.clone(), hosted.clone());
-            Hosted { versions }
+            let mut next = Hosted::clone(current);
+            next.versions.insert(version.clone(), hosted.clone());
+            next.order.retain(|v| v != &version);
+            next.order.push(version.clone());
+            next.active = Some(version.clone());
+            next
         });
-        tracing::info!(node = %self.id, %version, partitions = hosted.partitions().count(), "model version installed");
+        tracing::info!(node = %self.id, %version, partitions = hosted.partitions().count(), "model version active");
+        Ok(())
     }
 
     /// Stops hosting `version`; requests already holding it finish first (they own an `Arc`).
     pub fn drop_version(&self, version: &ModelVersion) {
         self.hosted.rcu(|current| {
-            let mut versions = current.versions.clone();
-            versions.remove(version);
-            Hosted { versions }
+            let mut next = Hosted::clone(current);
+            next.versions.remove(version);
+            next.order.retain(|v| v != version);
+            if next.active.as_ref() == Some(version) {
+                next.active = None;
+            }
+            next
         });
+    }
+
+    pub fn active(&self) -> Option<ModelVersion> {
+        self.hosted.load().active.clone()
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -136,6 +163,13 @@ impl Node {
             Request::FetchCustomer(r) => self.fetch_customer(r).map(Response::Customer),
             Request::ScoreSegments(r) => self.score_segments(r).map(Response::Segments),
             Request::ScoreProducts(r) => self.score_products(r).map(Response::Products),
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::FetchDirectory(v) => self
+                .version(&v)
+                .map(|h| Response::Directory(Box::new(Directory::clone(h.directory())))),
+            Request::StageDirectory(d) => self.stage_directory(*d).map(|()| Response::Done),
+            Request::StagePartition(p) => self.stage_partition(&p.bytes).map(Response::Staged),
+            Request::Activate(v) => self.activate(&v).map(|()| Response::Done),
         };
         result.unwrap_or_else(|error| {
             self.metrics.errors.increment(1);
@@ -144,7 +178,7 @@ impl Node {
         })
     }
 
-    fn version(&self, version: &ModelVersion) -> Result<Arc<HostedVersion>, NodeError> {
+    pub(crate) fn version(&self, version: &ModelVersion) -> Result<Arc<HostedVersion>, NodeError> {
         self.hosted
             .load()
             .versions
@@ -244,5 +278,12 @@ impl Node {
             .products_scored
             .increment(reply.scores.len() as u64);
         Ok(reply)
+    }
+}
+
+/// A node served over a network transport answers exactly as it does in process.
+impl scoregrid_wire::Service for Node {
+    fn call(&self, request: Request) -> Response {
+        self.handle(request)
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::params::{RecommendParams, parse_categories_k, parse_unsigned};
+use crate::routee::BreakerState;
 use crate::state::RouterState;
 use crate::telemetry;
 use axum::Router;
@@ -348,8 +349,15 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
         .routees
         .iter()
         .map(|(id, r)| {
+            let circuit = match r.breaker_state() {
+                BreakerState::Closed { .. } => "closed",
+                BreakerState::Open { .. } => "open",
+                BreakerState::HalfOpen => "half_open",
+            };
             serde_json::json!({
                 "node": id.0,
+                "circuit": circuit,
+                "hedge_delay_us": r.hedge_delay().as_micros() as u64,
                 "calls": r.calls.load(Ordering::Relaxed),
                 "errors": r.errors.load(Ordering::Relaxed),
                 "last_error": r.last_error.lock().ok().and_then(|e| e.clone()),

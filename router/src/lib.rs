@@ -10,14 +10,18 @@
 //! - [`params`]: query-string parsing and validation, one message per bad parameter.
 //! - [`cursor`]: the opaque pagination token and its integrity check.
 //! - [`state`]: [`RouterState`] and the swappable [`ClusterView`].
+//! - [`routee`]: one node as the router sees it: circuit breaker, latency, hedging delay.
+//! - [`discovery`]: follows the nodes: active version, retained versions, their directories.
 //! - [`scatter`]: the request logic: customer fetch, per-node batching, failover, merge, coverage.
 //! - [`http`]: the axum application: routes, request ids, metrics, in-flight bound.
 //! - [`telemetry`]: the Prometheus recorder and the router's metric names.
 
 pub mod cursor;
+pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod params;
+pub mod routee;
 pub mod scatter;
 pub mod state;
 pub mod telemetry;

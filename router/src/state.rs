@@ -2,47 +2,18 @@
 //! each retained model version's directory, a client per node). A request loads the view once
 //! and uses that snapshot throughout, so a map change never mixes two views in one answer.
 
+use crate::routee::{Routee, RouteePolicy};
 use arc_swap::ArcSwapOption;
 use metrics_exporter_prometheus::PrometheusHandle;
 use scoregrid_config::Config;
 use scoregrid_raft::ClusterMap;
 use scoregrid_shard::{Directory, ModelVersion};
-use scoregrid_wire::{NodeClient, NodeId, RpcError};
+use scoregrid_wire::{NodeClient, NodeId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// The router's view of one node (a routee): its client and what calls to it have done.
-pub struct Routee {
-    pub client: Arc<dyn NodeClient>,
-    pub calls: AtomicU64,
-    pub errors: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
-impl Routee {
-    pub fn new(client: Arc<dyn NodeClient>) -> Self {
-        Self {
-            client,
-            calls: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-        }
-    }
-
-    pub(crate) fn record(&self, result: Result<(), &RpcError>) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = result {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(crate::telemetry::NODE_CALL_ERRORS, "node" => self.client.node().to_string(), "reason" => error.reason())
-                .increment(1);
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(error.to_string());
-            }
-        }
-    }
-}
 
 pub struct ClusterView {
     pub map: ClusterMap,
@@ -56,6 +27,7 @@ impl ClusterView {
         map: ClusterMap,
         directories: Vec<Directory>,
         clients: Vec<Arc<dyn NodeClient>>,
+        policy: RouteePolicy,
     ) -> Self {
         Self {
             map,
@@ -65,8 +37,21 @@ impl ClusterView {
                 .collect(),
             routees: clients
                 .into_iter()
-                .map(|c| (c.node(), Arc::new(Routee::new(c))))
+                .map(|c| (c.node(), Arc::new(Routee::new(c, policy))))
                 .collect(),
+        }
+    }
+
+    /// A view over routees that outlive it (their breakers and latencies carry over).
+    pub fn from_parts(
+        map: ClusterMap,
+        directories: HashMap<ModelVersion, Arc<Directory>>,
+        routees: HashMap<NodeId, Arc<Routee>>,
+    ) -> Self {
+        Self {
+            map,
+            directories,
+            routees,
         }
     }
 
@@ -109,5 +94,16 @@ impl RouterState {
 
     pub fn view(&self) -> Option<Arc<ClusterView>> {
         self.view.load_full()
+    }
+
+    /// The breaker and hedging settings of `[router]`, for the routees of a new view.
+    pub fn routee_policy(&self) -> RouteePolicy {
+        let r = &self.config.router;
+        RouteePolicy {
+            breaker_failures: r.breaker_failures,
+            breaker_open: Duration::from_millis(r.breaker_open_ms),
+            hedge_delay_min: Duration::from_millis(r.hedge_delay_min_ms),
+            hedge_delay_max: Duration::from_millis(r.hedge_delay_max_ms),
+        }
     }
 }

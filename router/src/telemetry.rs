@@ -11,6 +11,8 @@ pub const STAGE_DURATION: &str = "scoregrid_recommend_stage_seconds";
 pub const PARTIAL_ANSWERS: &str = "scoregrid_recommend_partial_total";
 pub const NODE_CALL_ERRORS: &str = "scoregrid_router_node_call_errors_total";
 pub const ITEMS_RETURNED: &str = "scoregrid_recommend_items_total";
+pub const HEDGES: &str = "scoregrid_router_hedges_total";
+pub const HEDGES_WON: &str = "scoregrid_router_hedges_won_total";
 
 /// How often histogram samples are folded into their buckets. At 30,000 requests/s and four
 /// samples per request, one interval holds at most ~5 MB of samples.

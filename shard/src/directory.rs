@@ -5,9 +5,10 @@
 //! in pool order, so segment `s` contributes `min(eligible_s, N - eligible before s)`.
 
 use crate::ids::{CategoryId, ContainerId, ModelVersion, PartitionCount};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentSummary {
     pub products: u32,
     pub in_stock: u32,
@@ -28,7 +29,7 @@ impl SegmentSummary {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerEntry {
     pub segments: Vec<SegmentSummary>,
 }
@@ -69,7 +70,7 @@ impl ContainerEntry {
 }
 
 /// All containers of one model version.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Directory {
     pub version: ModelVersion,
     pub dim: u32,

@@ -85,6 +85,21 @@ pub fn router(
     reachable: &[u64],
     config: Config,
 ) -> RouterState {
+    router_with(built, nodes, rf, config, |id, client| {
+        reachable
+            .contains(&id.0)
+            .then(|| Arc::new(client) as Arc<dyn NodeClient>)
+    })
+}
+
+/// As [`router`], with `client_of` deciding how the router reaches each node (or not at all).
+pub fn router_with(
+    built: BuiltModel,
+    nodes: u64,
+    rf: u32,
+    config: Config,
+    client_of: impl Fn(NodeId, LocalClient) -> Option<Arc<dyn NodeClient>>,
+) -> RouterState {
     let BuiltModel {
         partitions,
         directory,
@@ -109,18 +124,14 @@ pub fn router(
             .filter(|p| mine.contains(&p.id()))
             .cloned()
             .collect();
-        node.install(
-            directory.version.clone(),
-            directory.dim as usize,
-            count,
-            held,
-        );
-        if reachable.contains(&i) {
-            clients.push(Arc::new(LocalClient::new(node)));
+        node.install(Arc::new(directory.clone()), held).unwrap();
+        if let Some(client) = client_of(NodeId(i), LocalClient::new(node)) {
+            clients.push(client);
         }
     }
     let state = RouterState::new(config);
-    state.set_view(ClusterView::new(map, vec![directory], clients));
+    let policy = state.routee_policy();
+    state.set_view(ClusterView::new(map, vec![directory], clients, policy));
     state
 }
 

@@ -25,6 +25,15 @@ pub enum RpcError {
     Remote { node: NodeId, error: NodeError },
     #[error("node {0} answered with the wrong message kind")]
     UnexpectedResponse(NodeId),
+    /// The node cannot be talked to by this process, and retrying will not help: another
+    /// protocol version, another node than expected at that address, a certificate the other
+    /// side does not trust.
+    #[error("node {node} is incompatible: {reason}")]
+    Incompatible { node: NodeId, reason: String },
+    /// The node was reached but the call's stream failed: reset by the node, or a frame over the
+    /// bound or that does not decode.
+    #[error("node {node}: transport error: {reason}")]
+    Transport { node: NodeId, reason: String },
 }
 
 impl RpcError {
@@ -37,7 +46,10 @@ impl RpcError {
                 error: NodeError::UnknownVersion(_),
                 ..
             } => "stale_map",
-            RpcError::Remote { .. } | RpcError::UnexpectedResponse(_) => "node_error",
+            RpcError::Remote { .. }
+            | RpcError::UnexpectedResponse(_)
+            | RpcError::Transport { .. } => "node_error",
+            RpcError::Incompatible { .. } => "incompatible",
         }
     }
 }

@@ -3,8 +3,8 @@
 //! to end even while a new one is being activated.
 
 use scoregrid_shard::{
-    Affinities, CategoryId, CustomerId, ModelVersion, ProductId, RankKey, RankedItem,
-    ScoringWeights, SegmentKey,
+    Affinities, CategoryId, CustomerId, Directory, ModelVersion, PartitionId, ProductId, RankKey,
+    RankedItem, ScoringWeights, SegmentKey,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,6 +24,17 @@ pub enum Request {
     FetchCustomer(FetchCustomer),
     ScoreSegments(ScoreSegments),
     ScoreProducts(ScoreProducts),
+    /// Which versions the node serves and stages.
+    Status,
+    /// The directory of a version the node holds.
+    FetchDirectory(ModelVersion),
+    /// Stage a version's directory (before or after its partitions).
+    StageDirectory(Box<Directory>),
+    /// Stage one partition: the bytes of a partition file, verified by the node before it is
+    /// written to its data directory.
+    StagePartition(StagePartition),
+    /// Serve a staged version from now on (every partition the node must hold is staged).
+    Activate(ModelVersion),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,7 +43,44 @@ pub enum Response {
     Customer(Option<CustomerProfile>),
     Segments(ScoreSegmentsReply),
     Products(ScoreProductsReply),
+    Status(NodeStatus),
+    Directory(Box<Directory>),
+    Staged(Staged),
+    /// The request was carried out and has nothing to return.
+    Done,
     Error(NodeError),
+}
+
+/// A partition file's bytes (see `scoregrid_shard::file`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagePartition {
+    pub bytes: Vec<u8>,
+}
+
+/// A partition staged: written to disk, read back and verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub version: ModelVersion,
+    pub partition: PartitionId,
+    pub checksum: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    /// The version this node serves new requests from.
+    pub active: Option<ModelVersion>,
+    /// Every version it can serve (the active one and those retained for cursors).
+    pub hosted: Vec<ModelVersion>,
+    /// Versions being staged: partitions received so far and whether the directory is there.
+    pub staging: Vec<StagingStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingStatus {
+    pub version: ModelVersion,
+    pub partitions: u32,
+    pub directory: bool,
 }
 
 /// Fetch a customer's vector and categories from a replica of its partition.
@@ -119,4 +167,6 @@ pub enum NodeError {
     UnknownVersion(ModelVersion),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }

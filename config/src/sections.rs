@@ -1,0 +1,299 @@
+//! The sections of [`crate::Config`]: every key, its default, and what it bounds.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The router's HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP API listens on.
+    pub addr: SocketAddr,
+    /// Largest request body accepted (`POST /v1/score`); larger bodies get 413.
+    pub request_body_bytes_max: usize,
+    /// Requests served at once; a request beyond it is answered 503 `overloaded` at once
+    /// rather than queued, so a burst cannot build an unbounded backlog.
+    pub requests_in_flight_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_body_bytes_max: 1 << 20,
+            requests_in_flight_max: 4096,
+        }
+    }
+}
+
+/// The weights of the scoring rule (contract section 2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Weight of the customer's affinity for the product's category.
+    pub w_affinity: f32,
+    /// Weight of the product's pool score in the container.
+    pub w_pool: f32,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            w_affinity: 1.0,
+            w_pool: 1.0,
+        }
+    }
+}
+
+/// Bounds of the public API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Items per page when the request gives no `limit`.
+    pub limit_default: u32,
+    /// Largest `limit` accepted (the contract's 1..=1000); larger is a 400.
+    pub limit_max: u32,
+    /// Largest `candidates` accepted; larger is a 400.
+    pub candidates_max: u64,
+    /// Products accepted in one `POST /v1/score` call; more is a 400.
+    pub score_products_max: usize,
+    /// `k` of `/v1/customers/{id}/categories` when none is given.
+    pub categories_k_default: u32,
+    /// Largest `k` accepted there.
+    pub categories_k_max: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            limit_default: 20,
+            limit_max: 1000,
+            candidates_max: 10_000_000,
+            score_products_max: 10_000,
+            categories_k_default: 10,
+            categories_k_max: 1000,
+        }
+    }
+}
+
+/// How the router calls nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Deadline of a whole request; a node that has not answered by then is reported in
+    /// `coverage` rather than waited for.
+    pub request_deadline_ms: u64,
+    /// A node call still unanswered after this node's observed p95 latency gets a duplicate on
+    /// another replica; the p95 is clamped to this floor...
+    pub hedge_delay_min_ms: u64,
+    /// ...and this ceiling. Until a node has enough samples its delay is the ceiling.
+    pub hedge_delay_max_ms: u64,
+    /// Consecutive failed calls that open a node's circuit: its replicas are then skipped.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe call may try the node again.
+    pub breaker_open_ms: u64,
+    /// How often the router asks the nodes which model versions they serve.
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            request_deadline_ms: 1000,
+            hedge_delay_min_ms: 2,
+            hedge_delay_max_ms: 50,
+            breaker_failures: 5,
+            breaker_open_ms: 2000,
+            refresh_interval_ms: 1000,
+        }
+    }
+}
+
+/// How keys map to partitions and partitions to nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// Logical partitions `P`. Changing it re-shuffles every key: fixed for a cluster's life.
+    pub partitions: u32,
+    /// Replicas of every partition, on distinct nodes.
+    pub replication_factor: u32,
+    /// Points per node on the consistent-hash ring: fewer leave some nodes overloaded.
+    pub virtual_nodes: u32,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 1024,
+            replication_factor: 2,
+            virtual_nodes: 256,
+        }
+    }
+}
+
+/// How a model is cut up when it is loaded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Largest number of products in one pool segment (`S`): a bigger pool is cut into several
+    /// segments, scored in parallel on several nodes.
+    pub segment_products_max: u32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            segment_products_max: 4096,
+        }
+    }
+}
+
+/// `scoregrid demo`: the in-process cluster and its synthetic model (when no `--model`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Data nodes in the demo.
+    pub nodes: u32,
+    pub customers: u64,
+    pub products: u64,
+    pub containers: u64,
+    pub dim: u32,
+    pub seed: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            customers: 100_000,
+            products: 20_000,
+            containers: 200,
+            dim: 64,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`info`) or per-target levels (`warn,scoregrid_router=debug`).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The members of the cluster. Static in this release: every process reads the same list,
+/// and the placement of partitions is computed from it (the next release keeps it under Raft).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Name of the cluster: the common name of its certificate authority.
+    pub name: String,
+    /// The data nodes, as `[[cluster.nodes]]` tables (not settable from the environment).
+    pub nodes: Vec<MemberConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "scoregrid".into(),
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// One data node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Unique, stable id (a replaced machine keeps the id of the node it replaces).
+    pub id: u64,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// The name in its certificate (`scoregrid certs issue --name`), checked by TLS.
+    pub name: String,
+}
+
+/// `scoregrid node`: this node's identity and storage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id: one of `cluster.nodes`.
+    pub id: u64,
+    /// Where partition files live: `models/<version>/p<id>.part`, the directory and the
+    /// `ACTIVE` marker. A restarted node serves from it.
+    pub data_dir: PathBuf,
+    /// Model versions kept on disk and in RAM beside the active one (for rollback and open
+    /// cursors); older ones are deleted when a new version is activated.
+    pub versions_retained: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            data_dir: PathBuf::from("data"),
+            versions_retained: 1,
+        }
+    }
+}
+
+/// Mutual TLS: every process has a certificate from the cluster's CA.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The cluster CA's certificate (`scoregrid certs init`).
+    pub ca: PathBuf,
+    /// This process's certificate and key (`scoregrid certs issue --name`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: PathBuf::from("certs/ca.pem"),
+            cert: PathBuf::from("certs/node.pem"),
+            key: PathBuf::from("certs/node.key"),
+        }
+    }
+}
+
+/// QUIC between processes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Largest message; a bigger one is refused before it is read (a partition file must fit).
+    pub frame_bytes_max: usize,
+    /// A connection not established by then fails (the peer counts as unreachable).
+    pub connect_timeout_ms: u64,
+    /// A connection silent for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Keep-alive pings on an idle connection, well inside the idle timeout.
+    pub keep_alive_ms: u64,
+    /// Requests in flight on one connection; more wait for a free stream.
+    pub streams_max: u32,
+    /// A call without an answer by then fails (routers use their own, shorter deadline).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            frame_bytes_max: 64 << 20,
+            connect_timeout_ms: 1000,
+            idle_timeout_ms: 10_000,
+            keep_alive_ms: 2000,
+            streams_max: 1024,
+            request_timeout_ms: 30_000,
+        }
+    }
+}

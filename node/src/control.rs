@@ -1,0 +1,280 @@
+//! The control plane of a node with a data directory: staging a version (directory and
+//! partitions, each verified and written to disk before it is acknowledged), activating it
+//! (every partition the node must hold is staged), retention of older versions, and restoring
+//! the active version at start.
+//!
+//! A staged version is not served until activated: readers never see half a model. Staging
+//! holds the version's partitions in RAM beside the active one (so activation is a pointer
+//! swap), at most [`STAGING_VERSIONS_MAX`] versions at a time.
+
+use crate::service::Node;
+use crate::store::{Store, StoreError};
+use scoregrid_shard::file::decode;
+use scoregrid_shard::{Directory, ModelVersion, Partition, PartitionId};
+use scoregrid_wire::NodeError;
+use scoregrid_wire::message::{NodeStatus, Staged, StagingStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// Versions staged at once; staging a further one is refused until one is activated.
+pub const STAGING_VERSIONS_MAX: usize = 2;
+
+#[derive(Default)]
+struct Staging {
+    directory: Option<Arc<Directory>>,
+    partitions: BTreeMap<PartitionId, Partition>,
+}
+
+pub struct Control {
+    store: Store,
+    /// The partitions the placement gives this node: activation waits for all of them.
+    must_hold: Vec<PartitionId>,
+    /// Versions kept beside the active one (for rollback and open cursors).
+    versions_retained: usize,
+    staging: Mutex<HashMap<ModelVersion, Staging>>,
+}
+
+impl Control {
+    pub fn new(store: Store, must_hold: Vec<PartitionId>, versions_retained: usize) -> Self {
+        Self {
+            store,
+            must_hold,
+            versions_retained,
+            staging: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn refused(message: impl Into<String>) -> NodeError {
+    NodeError::Refused(message.into())
+}
+
+fn storage(error: StoreError) -> NodeError {
+    NodeError::Refused(format!("storage: {error}"))
+}
+
+impl Node {
+    fn control(&self) -> Result<&Control, NodeError> {
+        self.control.as_ref().ok_or_else(|| {
+            refused("this node has no data directory: it cannot stage or activate versions")
+        })
+    }
+
+    fn staging<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<ModelVersion, Staging>) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let control = self.control()?;
+        let mut staging = control
+            .staging
+            .lock()
+            .map_err(|_| refused("staging state poisoned"))?;
+        f(&mut staging)
+    }
+
+    fn staging_entry<'a>(
+        staging: &'a mut HashMap<ModelVersion, Staging>,
+        version: &ModelVersion,
+    ) -> Result<&'a mut Staging, NodeError> {
+        if !staging.contains_key(version) && staging.len() >= STAGING_VERSIONS_MAX {
+            return Err(refused(format!(
+                "{} versions are already staging ({}); activate one first",
+                staging.len(),
+                staging
+                    .keys()
+                    .map(ModelVersion::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(staging.entry(version.clone()).or_default())
+    }
+
+    pub(crate) fn status(&self) -> NodeStatus {
+        let hosted = self.hosted.load();
+        let staging = self
+            .control
+            .as_ref()
+            .and_then(|c| c.staging.lock().ok())
+            .map(|s| {
+                let mut list: Vec<StagingStatus> = s
+                    .iter()
+                    .map(|(v, st)| StagingStatus {
+                        version: v.clone(),
+                        partitions: st.partitions.len() as u32,
+                        directory: st.directory.is_some(),
+                    })
+                    .collect();
+                list.sort_by(|a, b| a.version.cmp(&b.version));
+                list
+            })
+            .unwrap_or_default();
+        NodeStatus {
+            node: self.id(),
+            active: hosted.active.clone(),
+            hosted: hosted.order.clone(),
+            staging,
+        }
+    }
+
+    pub(crate) fn stage_directory(&self, directory: Directory) -> Result<(), NodeError> {
+        let control = self.control()?;
+        let version = directory.version.clone();
+        // Room first, so that a refused version leaves nothing on disk.
+        self.staging(|staging| Self::staging_entry(staging, &version).map(drop))?;
+        control.store.write_directory(&directory).map_err(storage)?;
+        self.staging(|staging| {
+            let entry = Self::staging_entry(staging, &version)?;
+            if let Some(p) = entry.partitions.values().find(|p| {
+                p.partition_count() != directory.partitions || p.dim() != directory.dim as usize
+            }) {
+                return Err(refused(format!(
+                    "directory does not match staged partition {}",
+                    p.id()
+                )));
+            }
+            entry.directory = Some(Arc::new(directory));
+            Ok(())
+        })?;
+        tracing::info!(node = %self.id(), %version, "directory staged");
+        Ok(())
+    }
+
+    pub(crate) fn stage_partition(&self, bytes: &[u8]) -> Result<Staged, NodeError> {
+        let control = self.control()?;
+        let partition = decode(bytes, "staged partition").map_err(|e| refused(e.to_string()))?;
+        let (version, id) = (partition.version().clone(), partition.id());
+        self.staging(|staging| Self::staging_entry(staging, &version).map(drop))?;
+        let checksum = control
+            .store
+            .write_partition_bytes(&version, id, bytes)
+            .map_err(storage)?;
+        self.staging(|staging| {
+            let entry = Self::staging_entry(staging, &version)?;
+            if let Some(d) = &entry.directory
+                && (d.partitions != partition.partition_count()
+                    || d.dim as usize != partition.dim())
+            {
+                return Err(refused(format!(
+                    "partition {id} does not match the staged directory"
+                )));
+            }
+            entry.partitions.insert(id, partition);
+            Ok(())
+        })?;
+        metrics::counter!("scoregrid_node_partitions_staged_total", "node" => self.id().to_string()).increment(1);
+        Ok(Staged {
+            version,
+            partition: id,
+            checksum,
+        })
+    }
+
+    /// Serves `version` from now on: a staged version once complete, or a retained one again
+    /// (a rollback).
+    pub(crate) fn activate(&self, version: &ModelVersion) -> Result<(), NodeError> {
+        let control = self.control()?;
+        if self.hosted.load().versions.contains_key(version) {
+            control.store.set_active(version).map_err(storage)?;
+            self.hosted.rcu(|current| {
+                let mut next = current.as_ref().clone();
+                next.active = Some(version.clone());
+                next
+            });
+            tracing::info!(node = %self.id(), %version, "retained version active again");
+            return Ok(());
+        }
+        let (directory, partitions) = self.staging(|staging| {
+            let entry = staging.get(version).ok_or_else(|| {
+                refused(format!(
+                    "version {version} is neither staged nor hosted here"
+                ))
+            })?;
+            let directory = entry.directory.clone().ok_or_else(|| {
+                refused(format!("version {version}: the directory is not staged"))
+            })?;
+            let missing: Vec<String> = control
+                .must_hold
+                .iter()
+                .filter(|p| !entry.partitions.contains_key(p))
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(refused(format!(
+                    "version {version}: {} partitions not staged yet ({}{})",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(8)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.len() > 8 { ", ..." } else { "" }
+                )));
+            }
+            let Some(entry) = staging.remove(version) else {
+                return Err(refused(format!("version {version} vanished from staging")));
+            };
+            Ok((
+                directory,
+                entry.partitions.into_values().collect::<Vec<_>>(),
+            ))
+        })?;
+        self.install(directory, partitions).map_err(refused)?;
+        control.store.set_active(version).map_err(storage)?;
+        self.apply_retention(control);
+        Ok(())
+    }
+
+    /// Drops hosted versions beyond the active one and `versions_retained` others, from RAM and
+    /// from disk.
+    fn apply_retention(&self, control: &Control) {
+        let hosted = self.hosted.load();
+        let keep = control.versions_retained + 1;
+        let excess: Vec<ModelVersion> = hosted
+            .order
+            .iter()
+            .filter(|v| hosted.active.as_ref() != Some(v))
+            .take(hosted.order.len().saturating_sub(keep))
+            .cloned()
+            .collect();
+        for version in excess {
+            self.drop_version(&version);
+            if let Err(error) = control.store.remove_version(&version) {
+                tracing::warn!(node = %self.id(), %version, %error, "cannot delete a retired version");
+            }
+            tracing::info!(node = %self.id(), %version, "version retired");
+        }
+    }
+
+    /// Loads the active version recorded in the data directory, verified, and serves it.
+    /// Returns the version, or `None` for a fresh data directory.
+    ///
+    /// # Errors
+    /// When a file of the active version cannot be read or verified.
+    pub fn restore(&self) -> Result<Option<ModelVersion>, StoreError> {
+        let Some(control) = self.control.as_ref() else {
+            return Ok(None);
+        };
+        let Some(version) = control.store.active()? else {
+            return Ok(None);
+        };
+        let directory = control.store.read_directory(&version)?;
+        let partitions = control.store.read_partitions(&version)?;
+        let held: Vec<PartitionId> = partitions.iter().map(Partition::id).collect();
+        let missing = control
+            .must_hold
+            .iter()
+            .filter(|p| !held.contains(p))
+            .count();
+        if missing > 0 {
+            tracing::warn!(node = %self.id(), %version, missing, "partitions missing on disk; their other replicas serve them");
+        }
+        self.install(Arc::new(directory), partitions)
+            .map_err(|what| StoreError::Corrupt {
+                path: control.store.root().display().to_string(),
+                what,
+            })?;
+        Ok(Some(version))
+    }
+}

@@ -1,0 +1,178 @@
+//! The control plane of a node with a data directory, through its real request interface:
+//! staging is invisible until activation, activation waits for every partition the node must
+//! hold, corrupt or mismatched input is refused without touching what is served, retention
+//! deletes old versions from RAM and disk, and a restarted node serves its active version from
+//! disk.
+
+use scoregrid_node::store::Store;
+use scoregrid_node::{Control, Node};
+use scoregrid_shard::file::encode;
+use scoregrid_shard::{
+    BuiltModel, ModelBuilder, ModelLayout, ModelSink, ModelVersion, PartitionCount, PartitionId,
+    RowRef,
+};
+use scoregrid_wire::message::StagePartition;
+use scoregrid_wire::{FetchCustomer, NodeError, NodeId, Request, Response};
+
+fn model(version: &str, scale: f32) -> BuiltModel {
+    let mut b = ModelBuilder::new(ModelLayout {
+        version: ModelVersion::new(version).unwrap(),
+        dim: 2,
+        partitions: PartitionCount::new(4).unwrap(),
+        segment_products_max: 3,
+    });
+    for i in 0..30u64 {
+        b.add_customer(i, &[i as f32 * scale, 1.0], &[], RowRef(i))
+            .unwrap();
+        b.add_product(i, 1, &[1.0, 2.0], true, RowRef(i)).unwrap();
+        b.add_pool_entry(i % 2, i, 0.5, RowRef(i)).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+fn node(dir: &std::path::Path) -> Node {
+    let store = Store::open(dir).unwrap();
+    let all: Vec<PartitionId> = (0..4).map(PartitionId).collect();
+    Node::with_control(NodeId(1), Control::new(store, all, 1))
+}
+
+fn stage(node: &Node, built: &BuiltModel, partitions: usize) {
+    assert_eq!(
+        node.handle(Request::StageDirectory(Box::new(built.directory.clone()))),
+        Response::Done
+    );
+    for p in built.partitions.iter().take(partitions) {
+        match node.handle(Request::StagePartition(StagePartition {
+            bytes: encode(p).bytes,
+        })) {
+            Response::Staged(s) => assert_eq!((s.partition, &s.version), (p.id(), p.version())),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn customer_vector(node: &Node, version: &str, customer: u64) -> Response {
+    node.handle(Request::FetchCustomer(FetchCustomer {
+        version: ModelVersion::new(version).unwrap(),
+        customer,
+    }))
+}
+
+fn refusal(response: Response) -> String {
+    match response {
+        Response::Error(NodeError::Refused(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn staged_versions_serve_only_after_activation_of_a_complete_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let v1 = model("v1", 1.0);
+    stage(&node, &v1, 3);
+    assert!(matches!(
+        customer_vector(&node, "v1", 5),
+        Response::Error(NodeError::UnknownVersion(_))
+    ));
+    let message = refusal(node.handle(Request::Activate(ModelVersion::new("v1").unwrap())));
+    assert!(message.contains("1 partitions not staged yet"), "{message}");
+    stage(&node, &v1, 4);
+    assert_eq!(
+        node.handle(Request::Activate(ModelVersion::new("v1").unwrap())),
+        Response::Done
+    );
+    assert!(matches!(
+        customer_vector(&node, "v1", 5),
+        Response::Customer(Some(_))
+    ));
+    match node.handle(Request::Status) {
+        Response::Status(s) => {
+            assert_eq!(s.active, Some(ModelVersion::new("v1").unwrap()));
+            assert!(s.staging.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_partitions_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let v1 = model("v1", 1.0);
+    let mut bytes = encode(&v1.partitions[0]).bytes;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    let message = refusal(node.handle(Request::StagePartition(StagePartition { bytes })));
+    assert!(message.contains("checksum mismatch"), "{message}");
+    let message = refusal(node.handle(Request::StagePartition(StagePartition {
+        bytes: b"junk".to_vec(),
+    })));
+    assert!(message.contains("bad magic"), "{message}");
+    assert!(
+        Store::open(dir.path())
+            .unwrap()
+            .versions()
+            .unwrap()
+            .is_empty(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn retention_drops_old_versions_and_a_restart_serves_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = node(dir.path());
+        for (name, scale) in [("v1", 1.0), ("v2", 2.0), ("v3", 3.0)] {
+            stage(&node, &model(name, scale), 4);
+            assert_eq!(
+                node.handle(Request::Activate(ModelVersion::new(name).unwrap())),
+                Response::Done
+            );
+        }
+        // One version retained beside the active one: v1 is gone, v2 still answers.
+        assert!(matches!(
+            customer_vector(&node, "v1", 5),
+            Response::Error(NodeError::UnknownVersion(_))
+        ));
+        assert!(matches!(
+            customer_vector(&node, "v2", 5),
+            Response::Customer(Some(_))
+        ));
+        let store = Store::open(dir.path()).unwrap();
+        let versions: Vec<String> = store
+            .versions()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(versions, ["v2", "v3"]);
+        // Roll back to v2, then forward again.
+        assert_eq!(
+            node.handle(Request::Activate(ModelVersion::new("v2").unwrap())),
+            Response::Done
+        );
+        assert_eq!(node.active(), Some(ModelVersion::new("v2").unwrap()));
+        assert_eq!(
+            node.handle(Request::Activate(ModelVersion::new("v3").unwrap())),
+            Response::Done
+        );
+    }
+    let restarted = node(dir.path());
+    assert_eq!(
+        restarted.restore().unwrap(),
+        Some(ModelVersion::new("v3").unwrap())
+    );
+    match customer_vector(&restarted, "v3", 5) {
+        Response::Customer(Some(profile)) => assert_eq!(profile.vector, vec![15.0, 1.0]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_node_without_a_data_directory_refuses_staging() {
+    let node = Node::new(NodeId(9));
+    let message = refusal(node.handle(Request::Activate(ModelVersion::new("v1").unwrap())));
+    assert!(message.contains("no data directory"), "{message}");
+}
