@@ -249,13 +249,26 @@ impl ChildGuard {
 
     /// Waits for a stdout line containing `marker`; fails loudly after `seconds`.
     pub fn wait_for_line(&self, marker: &str, seconds: u64) -> String {
+        self.wait_for_lines(marker, seconds)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// The stdout lines up to and including the first one containing `marker`.
+    pub fn wait_for_lines(&self, marker: &str, seconds: u64) -> Vec<String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
-                Ok(_) => continue,
-                Err(e) => panic!("no line with {marker:?} within {seconds} s: {e}"),
+                Ok(line) => {
+                    let done = line.contains(marker);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no line with {marker:?} within {seconds} s ({e}); saw: {seen:?}"),
             }
         }
     }
