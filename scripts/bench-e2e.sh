@@ -2,11 +2,13 @@
 # End-to-end benchmark of issue 2: `scoregrid bench` against `scoregrid demo` on this machine.
 # 1M customers, dim 64, 500 containers of 1,000 products, limit 20; then /healthz as the HTTP
 # stack's own ceiling; then the demo's resident memory against the vector bytes it holds.
-# Usage: scripts/bench-e2e.sh [model dir, default /tmp/scoregrid-bench-1m] [runs, default 5]
+# Usage: scripts/bench-e2e.sh [model dir, default /tmp/scoregrid-bench-1m] [runs, default 5] [demo flags]
+# (pass --in-process as the third argument to measure without the QUIC hop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-/tmp/scoregrid-bench-1m}
 runs=${2:-5}
+demo_flags=${3:-}
 addr=127.0.0.1:18080
 bin=target/release/scoregrid
 
@@ -17,7 +19,8 @@ if [ ! -f "$model/manifest.json" ]; then
 fi
 
 log=$(mktemp)
-"$bin" demo --model "$model" --http "$addr" >"$log" 2>/dev/null &
+# shellcheck disable=SC2086
+"$bin" demo --model "$model" --http "$addr" $demo_flags >"$log" 2>/dev/null &
 demo=$!
 trap 'kill $demo 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 120); do grep -q listening "$log" && break; sleep 0.5; done

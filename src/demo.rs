@@ -10,18 +10,18 @@ use anyhow::{Context, Result};
 use scoregrid_config::Config;
 use scoregrid_config::MemberConfig;
 use scoregrid_loader::synth::{self, SynthSpec};
-use scoregrid_node::Node;
+use scoregrid_node::{LocalClient, Node};
 use scoregrid_raft::Placement;
 use scoregrid_shard::{
     BuiltModel, Directory, ModelBuilder, ModelLayout, ModelVersion, Partition, PartitionCount,
 };
-use scoregrid_wire::{ClusterCa, NodeId, Service};
+use scoregrid_wire::{ClusterCa, NodeClient, NodeId, Service};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
+pub async fn run(config: Config, model: Option<PathBuf>, in_process: bool) -> Result<()> {
     // First: metric handles created before the recorder exists would record into nothing.
     if scoregrid_router::telemetry::prometheus().is_none() {
         tracing::warn!("no metrics recorder: /metrics will answer 503");
@@ -78,10 +78,22 @@ pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
     } = built;
     let directory = Arc::new(directory);
     let vector_bytes = distribute(built_partitions, &map.placement, &nodes, &directory)?;
-    for (node, server) in nodes.iter().zip(servers) {
-        tokio::spawn(server.serve(node.clone() as Arc<dyn Service>, shutdown.wait()));
-    }
-    let clients = serve::clients(&config.cluster.nodes, &router_identity, transport)?;
+    let clients: Vec<Arc<dyn NodeClient>> = if in_process {
+        nodes
+            .iter()
+            .map(|n| Arc::new(LocalClient::new(n.clone())) as Arc<dyn NodeClient>)
+            .collect()
+    } else {
+        for (node, server) in nodes.iter().zip(servers) {
+            tokio::spawn(server.serve(node.clone() as Arc<dyn Service>, shutdown.wait()));
+        }
+        serve::clients(&config.cluster.nodes, &router_identity, transport)?
+    };
+    let reached = if in_process {
+        "called in process"
+    } else {
+        "reached over QUIC with mutual TLS"
+    };
     let state = serve::start_router(config.clone(), map, clients, shutdown.wait()).await;
     anyhow::ensure!(
         state.view().is_some_and(|v| v.active().is_some()),
@@ -97,7 +109,7 @@ pub async fn run(config: Config, model: Option<PathBuf>) -> Result<()> {
     metrics::gauge!("scoregrid_demo_vector_bytes").set(vector_bytes as f64);
     let mut banner = format!(
         "scoregrid demo: model {version} ({customers} customers, dim {dim}) on {node_count} nodes in this process, \
-         reached over QUIC with mutual TLS, RF {rf}, {} partitions\n",
+         {reached}, RF {rf}, {} partitions\n",
         partitions.get()
     );
     banner += &format!(

@@ -41,6 +41,10 @@ enum Command {
         /// HTTP listen address (default: http.addr, 127.0.0.1:8080).
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// Let the router call the nodes' code directly instead of over QUIC (no network, no
+        /// TLS: the cost of the scoring itself, as when scoregrid is embedded).
+        #[arg(long)]
+        in_process: bool,
     },
     /// Write a synthetic model directory.
     Gen(commands::GenArgs),
@@ -93,7 +97,12 @@ fn main() -> Result<()> {
     let config = scoregrid_config::Config::load(cli.config.as_deref())?;
     commands::init_logging(&config.log.filter)?;
     match cli.command {
-        Command::Demo { model, nodes, http } => {
+        Command::Demo {
+            model,
+            nodes,
+            http,
+            in_process,
+        } => {
             let mut config = config;
             if let Some(n) = nodes {
                 config.demo.nodes = n;
@@ -102,7 +111,7 @@ fn main() -> Result<()> {
                 config.http.addr = addr;
             }
             config.validate()?;
-            commands::runtime()?.block_on(demo::run(config, model))
+            commands::runtime()?.block_on(demo::run(config, model, in_process))
         }
         Command::Gen(args) => commands::gen_model(args),
         Command::Bench(args) => commands::runtime()?.block_on(commands::bench(args)),
