@@ -55,10 +55,8 @@ impl HostedVersion {
         &self.directory
     }
 
-    pub fn holds(&self, partition: PartitionId) -> bool {
-        self.partitions
-            .get(partition.index())
-            .is_some_and(Option::is_some)
+    pub fn partition(&self, partition: PartitionId) -> Option<&Partition> {
+        self.partitions.get(partition.index())?.as_deref()
     }
 
     pub fn version(&self) -> &ModelVersion {

@@ -22,4 +22,4 @@ pub mod store;
 pub use control::Control;
 pub use hosted::HostedVersion;
 pub use local::LocalClient;
-pub use service::{Node, NodeStats};
+pub use service::Node;

@@ -6,6 +6,7 @@ use metrics::Counter;
 use scoregrid_shard::{
     Directory, ModelVersion, Partition, SegmentQuery, TopK, kernel, score_segment,
 };
+use scoregrid_wire::message::{PartitionFile, ReadPartition};
 use scoregrid_wire::{
     CustomerProfile, FetchCustomer, NodeError, NodeId, ProductScore, Request, Response,
     ScoreProducts, ScoreProductsReply, ScoreSegments, ScoreSegmentsReply,
@@ -57,17 +58,6 @@ pub struct Node {
     metrics: NodeMetrics,
     /// Staging, disk and retention: absent for a node that only serves what it is handed.
     pub(crate) control: Option<crate::control::Control>,
-}
-
-/// What a node holds, for `/v1/cluster` and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeStats {
-    pub id: NodeId,
-    pub versions: Vec<(
-        ModelVersion,
-        usize, /* partitions */
-        usize, /* vector bytes */
-    )>,
 }
 
 impl Node {
@@ -137,26 +127,6 @@ impl Node {
         self.hosted.load().active.clone()
     }
 
-    pub fn stats(&self) -> NodeStats {
-        let hosted = self.hosted.load();
-        let mut versions: Vec<_> = hosted
-            .versions
-            .values()
-            .map(|h| {
-                (
-                    h.version().clone(),
-                    h.partitions().count(),
-                    h.vector_bytes(),
-                )
-            })
-            .collect();
-        versions.sort();
-        NodeStats {
-            id: self.id,
-            versions,
-        }
-    }
-
     /// Answers one request.
     pub fn handle(&self, request: Request) -> Response {
         let result = match request {
@@ -170,11 +140,25 @@ impl Node {
             Request::StageDirectory(d) => self.stage_directory(*d).map(|()| Response::Done),
             Request::StagePartition(p) => self.stage_partition(&p.bytes).map(Response::Staged),
             Request::Activate(v) => self.activate(&v).map(|()| Response::Done),
+            Request::ReadPartition(r) => self.read_partition(&r).map(Response::PartitionFile),
         };
         result.unwrap_or_else(|error| {
             self.metrics.errors.increment(1);
             tracing::debug!(node = %self.id, %error, "request refused");
             Response::Error(error)
+        })
+    }
+
+    fn read_partition(&self, request: &ReadPartition) -> Result<PartitionFile, NodeError> {
+        let hosted = self.version(&request.version)?;
+        let partition = hosted.partition(request.partition).ok_or_else(|| {
+            NodeError::BadRequest(format!(
+                "partition {} of {} is not held here",
+                request.partition, request.version
+            ))
+        })?;
+        Ok(PartitionFile {
+            bytes: scoregrid_shard::file::encode(partition).bytes,
         })
     }
 

@@ -86,6 +86,19 @@ fn staged_versions_serve_only_after_activation_of_a_complete_set() {
         customer_vector(&node, "v1", 5),
         Response::Customer(Some(_))
     ));
+    // A peer can read a partition back: the same file, checksum included.
+    let read = node.handle(Request::ReadPartition(
+        scoregrid_wire::message::ReadPartition {
+            version: ModelVersion::new("v1").unwrap(),
+            partition: PartitionId(2),
+        },
+    ));
+    assert_eq!(
+        read,
+        Response::PartitionFile(scoregrid_wire::message::PartitionFile {
+            bytes: encode(&v1.partitions[2]).bytes
+        })
+    );
     match node.handle(Request::Status) {
         Response::Status(s) => {
             assert_eq!(s.active, Some(ModelVersion::new("v1").unwrap()));

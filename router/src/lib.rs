@@ -10,6 +10,7 @@
 //! - [`params`]: query-string parsing and validation, one message per bad parameter.
 //! - [`cursor`]: the opaque pagination token and its integrity check.
 //! - [`state`]: [`RouterState`] and the swappable [`ClusterView`].
+//! - `replicas`: calling replicas: deadlines, hedging, failover, the gathering of segments.
 //! - [`routee`]: one node as the router sees it: circuit breaker, latency, hedging delay.
 //! - [`discovery`]: follows the nodes: active version, retained versions, their directories.
 //! - [`scatter`]: the request logic: customer fetch, per-node batching, failover, merge, coverage.
@@ -21,6 +22,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod params;
+mod replicas;
 pub mod routee;
 pub mod scatter;
 pub mod state;

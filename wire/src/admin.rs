@@ -2,8 +2,8 @@
 //! from the request path's calls ([`crate::client`]) and available on every [`NodeClient`].
 
 use crate::client::{NodeClient, RpcError, RpcFuture};
-use crate::message::{NodeStatus, Request, Response, StagePartition, Staged};
-use scoregrid_shard::{Directory, ModelVersion};
+use crate::message::{NodeStatus, ReadPartition, Request, Response, StagePartition, Staged};
+use scoregrid_shard::{Directory, ModelVersion, PartitionId};
 
 fn expect<T: Send + 'static>(
     client: &(impl NodeClient + ?Sized),
@@ -52,6 +52,17 @@ pub trait AdminCalls: NodeClient {
             Request::StagePartition(StagePartition { bytes }),
             |r| match r {
                 Response::Staged(s) => Ok(s),
+                other => Err(other),
+            },
+        )
+    }
+
+    fn read_partition(&self, version: ModelVersion, partition: PartitionId) -> RpcFuture<Vec<u8>> {
+        expect(
+            self,
+            Request::ReadPartition(ReadPartition { version, partition }),
+            |r| match r {
+                Response::PartitionFile(file) => Ok(file.bytes),
                 other => Err(other),
             },
         )

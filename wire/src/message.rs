@@ -35,6 +35,8 @@ pub enum Request {
     StagePartition(StagePartition),
     /// Serve a staged version from now on (every partition the node must hold is staged).
     Activate(ModelVersion),
+    /// A partition file of a hosted version: how a replica that lost one fetches it from a peer.
+    ReadPartition(ReadPartition),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,12 +50,25 @@ pub enum Response {
     Staged(Staged),
     /// The request was carried out and has nothing to return.
     Done,
+    PartitionFile(PartitionFile),
     Error(NodeError),
 }
 
 /// A partition file's bytes (see `scoregrid_shard::file`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagePartition {
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPartition {
+    pub version: ModelVersion,
+    pub partition: PartitionId,
+}
+
+/// The bytes of a partition file, checksum included (see `scoregrid_shard::file`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionFile {
     pub bytes: Vec<u8>,
 }
 

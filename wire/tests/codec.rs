@@ -12,7 +12,9 @@ use scoregrid_shard::{
     RankedItem, ScoringWeights, SegmentKey, SegmentSummary,
 };
 use scoregrid_wire::codec::{self, CodecError, FramePart};
-use scoregrid_wire::message::{NodeStatus, StagePartition, Staged, StagingStatus};
+use scoregrid_wire::message::{
+    NodeStatus, PartitionFile, ReadPartition, StagePartition, Staged, StagingStatus,
+};
 use scoregrid_wire::{
     CustomerProfile, FRAME_BYTES_MAX_DEFAULT, FetchCustomer, NodeError, ProductScore, Request,
     Response, ScoreProducts, ScoreProductsReply, ScoreSegments, ScoreSegmentsReply, SegmentTake,
@@ -189,7 +191,8 @@ fn every_variant_has_a_strategy(request: &Request, response: &Response) {
         | Request::FetchDirectory(_)
         | Request::StageDirectory(_)
         | Request::StagePartition(_)
-        | Request::Activate(_) => {}
+        | Request::Activate(_)
+        | Request::ReadPartition(_) => {}
     }
     match response {
         Response::Customer(_)
@@ -199,6 +202,7 @@ fn every_variant_has_a_strategy(request: &Request, response: &Response) {
         | Response::Directory(_)
         | Response::Staged(_)
         | Response::Done
+        | Response::PartitionFile(_)
         | Response::Error(_) => {}
     }
 }
@@ -250,6 +254,12 @@ fn request() -> impl Strategy<Value = Request> {
         prop::collection::vec(any::<u8>(), 0..64)
             .prop_map(|bytes| Request::StagePartition(StagePartition { bytes })),
         version().prop_map(Request::Activate),
+        (version(), any::<u32>()).prop_map(|(version, partition)| {
+            Request::ReadPartition(ReadPartition {
+                version,
+                partition: PartitionId(partition),
+            })
+        }),
     ];
     prop_oneof![fetch, segments, products, control]
 }
@@ -298,6 +308,7 @@ fn response() -> impl Strategy<Value = Response> {
     let error = prop_oneof![
         version().prop_map(NodeError::UnknownVersion),
         ".{0,40}".prop_map(NodeError::BadRequest),
+        ".{0,40}".prop_map(NodeError::Refused),
     ]
     .prop_map(Response::Error);
     let control = prop_oneof![
@@ -311,6 +322,8 @@ fn response() -> impl Strategy<Value = Response> {
             })
         }),
         Just(Response::Done),
+        prop::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|bytes| Response::PartitionFile(PartitionFile { bytes })),
     ];
     prop_oneof![customer, segments, products, error, control]
 }
