@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{ChildGuard, get_json, run_scoregrid};
+use common::{ChildGuard, get_json};
 use scoregrid_shard::ScoringWeights;
-use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
+use scoregrid_shard::reference::ReferenceQuery;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -54,28 +54,24 @@ fn items(body: &Value) -> Vec<(u64, f32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
+    let (model_dir, reference) = common::generated_model(
+        dir.path(),
+        &[
+            "--customers",
+            "200",
+            "--products",
+            "600",
+            "--containers",
+            "6",
+            "--dim",
+            "8",
+            "--format",
+            "parquet",
+            "--seed",
+            "11",
+        ],
+    );
     let model = model_dir.to_str().unwrap();
-    run_scoregrid(&[
-        "gen",
-        "--out",
-        model,
-        "--customers",
-        "200",
-        "--products",
-        "600",
-        "--containers",
-        "6",
-        "--dim",
-        "8",
-        "--format",
-        "parquet",
-        "--seed",
-        "11",
-    ]);
-    let manifest = scoregrid_loader::read_manifest(&model_dir).unwrap();
-    let mut reference = ReferenceModel::new(manifest.dim);
-    scoregrid_loader::load_model(&model_dir, &mut reference).unwrap();
 
     let work = dir.path().join("cluster");
     let env = [

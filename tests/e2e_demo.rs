@@ -5,41 +5,32 @@
 
 mod common;
 
-use common::{ChildGuard, get_json, run_scoregrid};
+use common::{ChildGuard, get_json};
 use scoregrid_shard::ScoringWeights;
 use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
 use std::net::SocketAddr;
 
-fn reference(dir: &std::path::Path) -> ReferenceModel {
-    let manifest = scoregrid_loader::read_manifest(dir).unwrap();
-    let mut model = ReferenceModel::new(manifest.dim);
-    scoregrid_loader::load_model(dir, &mut model).unwrap();
-    model
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_whole_grids_page_by_page_like_the_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
+    let (model_dir, reference) = common::generated_model(
+        dir.path(),
+        &[
+            "--customers",
+            "300",
+            "--products",
+            "700",
+            "--containers",
+            "8",
+            "--dim",
+            "8",
+            "--format",
+            "jsonl",
+            "--seed",
+            "7",
+        ],
+    );
     let model = model_dir.to_str().unwrap();
-    run_scoregrid(&[
-        "gen",
-        "--out",
-        model,
-        "--customers",
-        "300",
-        "--products",
-        "700",
-        "--containers",
-        "8",
-        "--dim",
-        "8",
-        "--format",
-        "jsonl",
-        "--seed",
-        "7",
-    ]);
-    let reference = reference(&model_dir);
 
     // Small segments and partitions so that a grid spreads over several segments and nodes.
     let demo = ChildGuard::start(

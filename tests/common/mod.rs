@@ -288,3 +288,19 @@ pub fn run_scoregrid(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Writes a model with `scoregrid gen` (plus `gen_args`) into `dir/model`, and loads the
+/// brute-force reference from the very files the system under test will read.
+pub fn generated_model(
+    dir: &std::path::Path,
+    gen_args: &[&str],
+) -> (std::path::PathBuf, ReferenceModel) {
+    let model_dir = dir.join("model");
+    let mut args = vec!["gen", "--out", model_dir.to_str().expect("a UTF-8 path")];
+    args.extend_from_slice(gen_args);
+    run_scoregrid(&args);
+    let manifest = scoregrid_loader::read_manifest(&model_dir).unwrap();
+    let mut reference = ReferenceModel::new(manifest.dim);
+    scoregrid_loader::load_model(&model_dir, &mut reference).unwrap();
+    (model_dir, reference)
+}
