@@ -60,7 +60,7 @@ fn model() -> impl Strategy<Value = Model> {
                     proptest::collection::vec(value(), dim),
                     proptest::bool::weighted(0.8),
                 ),
-                1..if small { 30 } else { 6 },
+                1..if small { 60 } else { 6 },
             );
             (Just(dim), customers, products)
         })
@@ -69,14 +69,24 @@ fn model() -> impl Strategy<Value = Model> {
             let pools = proptest::collection::vec(
                 (
                     prop_oneof![Just(0u64), Just(1), Just(u64::MAX)],
-                    proptest::collection::btree_set(proptest::sample::select(ids), 1..12),
-                    proptest::collection::vec(value(), 12),
+                    proptest::collection::btree_set(proptest::sample::select(ids), 1..40),
+                    proptest::collection::vec(value(), 40),
                 ),
                 1..4,
             );
-            (Just(dim), Just(customers), Just(products), pools)
+            // Every product in stock now and then: blocks of contiguous rows take the SIMD path.
+            (
+                Just(dim),
+                Just(customers),
+                Just(products),
+                pools,
+                any::<bool>(),
+            )
         })
-        .prop_map(|(dim, customers, products, pools)| {
+        .prop_map(|(dim, customers, mut products, pools, all_in_stock)| {
+            if all_in_stock {
+                products.values_mut().for_each(|p| p.2 = true);
+            }
             let mut entries = Vec::new();
             let mut seen = std::collections::HashSet::new();
             for (container, members, scores) in pools {
@@ -185,7 +195,7 @@ proptest! {
     fn pages_equal_the_reference_ranking(
         model in model(),
         partitions in 1u32..9,
-        segment in 1u32..6,
+        segment in prop_oneof![1u32..6, 8u32..40],
         limit in 1usize..7,
         weights in (prop_oneof![Just(1.0f32), Just(0.0), Just(-0.5)], prop_oneof![Just(1.0f32), Just(0.5), Just(2.0)]),
         category in proptest::option::of(proptest::sample::select(CATEGORIES.to_vec())),
