@@ -456,6 +456,7 @@ fn build_segment(
         pool_scores: Vec::with_capacity(n),
         in_stock: Vec::with_capacity(n),
         vectors: Vec::with_capacity(n * dim),
+        all_in_stock: false,
     };
     let mut dictionary: Vec<CategoryId> = entries
         .iter()
@@ -482,6 +483,7 @@ fn build_segment(
         }
     }
     segment.category_dictionary = dictionary;
+    segment.all_in_stock = segment.in_stock.iter().all(|&s| s);
     let mut in_stock_by_category: Vec<(CategoryId, u32)> = by_category.into_iter().collect();
     in_stock_by_category.sort_unstable();
     let summary = SegmentSummary {

@@ -320,7 +320,7 @@ fn decode_v1(d: &mut Decoder<'_>) -> Result<Partition, FileError> {
         let container = d.u64("segment container")?;
         let number = d.u32("segment number")?;
         let n = u64::from(d.u32("segment length")?);
-        segments.push(Segment {
+        let mut segment = Segment {
             container,
             number,
             dim,
@@ -333,7 +333,10 @@ fn decode_v1(d: &mut Decoder<'_>) -> Result<Partition, FileError> {
             pool_scores: d.f32s(n, "segment pool scores")?,
             in_stock: d.bools(n, "segment in_stock")?,
             vectors: d.f32s(n.saturating_mul(dim64), "segment vectors")?,
-        });
+            all_in_stock: false,
+        };
+        segment.all_in_stock = segment.in_stock.iter().all(|&s| s);
+        segments.push(segment);
     }
     Ok(Partition {
         id: PartitionId(id),

@@ -64,14 +64,8 @@ pub fn dot_rows(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
-            let dim = query.len();
-            let max_row = rows.iter().copied().max().map_or(0, |r| r as usize + 1);
-            assert!(
-                max_row * dim <= vectors.len(),
-                "row index outside the vector block"
-            );
-            // SAFETY: the CPU supports AVX2 (checked above) and every row lies inside `vectors`
-            // (asserted above), which is what `dot_rows_avx2` reads.
+            // SAFETY: the CPU supports AVX2 (checked above); `avx2::dot_rows` bounds-checks
+            // every row before it reads it.
             unsafe { avx2::dot_rows(query, vectors, rows, out) };
             return;
         }
@@ -96,23 +90,68 @@ mod avx2 {
 
     const ROWS_AT_ONCE: usize = 8;
 
+    /// Element `r` of the result is `combine` of `rows[r]`'s lanes: the 8x8 block is transposed
+    /// (column `j` then holds lane `j` of every row) and the columns are added in the contract's
+    /// pairing, `((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))`, so each row sees exactly the
+    /// additions of `combine`.
+    #[inline(always)]
+    fn combine_transposed(rows: [__m256; ROWS_AT_ONCE]) -> __m256 {
+        // SAFETY: pure register operations; the caller is compiled with AVX2.
+        unsafe {
+            let t0 = _mm256_unpacklo_ps(rows[0], rows[1]);
+            let t1 = _mm256_unpackhi_ps(rows[0], rows[1]);
+            let t2 = _mm256_unpacklo_ps(rows[2], rows[3]);
+            let t3 = _mm256_unpackhi_ps(rows[2], rows[3]);
+            let t4 = _mm256_unpacklo_ps(rows[4], rows[5]);
+            let t5 = _mm256_unpackhi_ps(rows[4], rows[5]);
+            let t6 = _mm256_unpacklo_ps(rows[6], rows[7]);
+            let t7 = _mm256_unpackhi_ps(rows[6], rows[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let c0 = _mm256_permute2f128_ps::<0x20>(s0, s4);
+            let c1 = _mm256_permute2f128_ps::<0x20>(s1, s5);
+            let c2 = _mm256_permute2f128_ps::<0x20>(s2, s6);
+            let c3 = _mm256_permute2f128_ps::<0x20>(s3, s7);
+            let c4 = _mm256_permute2f128_ps::<0x31>(s0, s4);
+            let c5 = _mm256_permute2f128_ps::<0x31>(s1, s5);
+            let c6 = _mm256_permute2f128_ps::<0x31>(s2, s6);
+            let c7 = _mm256_permute2f128_ps::<0x31>(s3, s7);
+            _mm256_add_ps(
+                _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
+                _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)),
+            )
+        }
+    }
+
     /// # Safety
-    /// The CPU must support AVX2, and `(row + 1) * query.len() <= vectors.len()` for every
-    /// `row` in `rows`; `out.len() == rows.len()`.
+    /// The CPU must support AVX2.
+    ///
+    /// # Panics
+    /// If a row lies outside `vectors` or `out` is shorter than `rows` (bugs of the caller).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot_rows(query: &[f32], vectors: &[f32], rows: &[u32], out: &mut [f32]) {
         let dim = query.len();
         let full = dim - dim % LANES;
+        assert!(out.len() >= rows.len());
         let q = query.as_ptr();
-        let base = vectors.as_ptr();
+        // Every row is sliced (bounds-checked) before its pointer is used.
+        let row = |r: u32| {
+            let start = r as usize * dim;
+            vectors[start..start + dim].as_ptr()
+        };
         let mut groups = rows.chunks_exact(ROWS_AT_ONCE);
         let mut outs = out.chunks_exact_mut(ROWS_AT_ONCE);
         for (group, o) in (&mut groups).zip(&mut outs) {
-            // SAFETY (whole block): rows lie inside `vectors` (caller's contract), `i + 8 <= full
+            let p: [*const f32; ROWS_AT_ONCE] = std::array::from_fn(|k| row(group[k]));
+            // SAFETY (whole block): each `p[r]` starts a slice of `dim` values; `i + 8 <= full
             // <= dim` for the vector loads, `k < dim` for the scalar tail.
             unsafe {
-                let p: [*const f32; ROWS_AT_ONCE] =
-                    std::array::from_fn(|k| base.add(group[k] as usize * dim));
                 let mut acc = [_mm256_setzero_ps(); ROWS_AT_ONCE];
                 let mut i = 0;
                 while i < full {
@@ -123,20 +162,26 @@ mod avx2 {
                     }
                     i += LANES;
                 }
-                for r in 0..ROWS_AT_ONCE {
-                    let mut lanes = [0.0f32; LANES];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
-                    for (j, k) in (full..dim).enumerate() {
-                        lanes[j] += *q.add(k) * *p[r].add(k);
+                if full == dim {
+                    // No tail: combine the eight rows' lanes with vertical adds after a
+                    // transpose, the same pairing for every row.
+                    _mm256_storeu_ps(o.as_mut_ptr(), combine_transposed(acc));
+                } else {
+                    for r in 0..ROWS_AT_ONCE {
+                        let mut lanes = [0.0f32; LANES];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+                        for (j, k) in (full..dim).enumerate() {
+                            lanes[j] += *q.add(k) * *p[r].add(k);
+                        }
+                        o[r] = combine(lanes);
                     }
-                    o[r] = combine(lanes);
                 }
             }
         }
-        for (&row, o) in groups.remainder().iter().zip(outs.into_remainder()) {
+        for (&index, o) in groups.remainder().iter().zip(outs.into_remainder()) {
+            let p = row(index);
             // SAFETY: as above, for one row.
             unsafe {
-                let p = base.add(row as usize * dim);
                 let mut acc = _mm256_setzero_ps();
                 let mut i = 0;
                 while i < full {
@@ -175,7 +220,7 @@ mod tests {
         /// 1 (all remainder) to past several full lanes, and for any row order.
         #[test]
         fn kernel_matches_reference_bit_for_bit(
-            (dim, n) in (1usize..40, 0usize..11),
+            (dim, n) in (1usize..40, 0usize..20),
             seed in any::<u64>(),
         ) {
             let mut rng = seed;
@@ -192,6 +237,25 @@ mod tests {
                 prop_assert_eq!(fast[i].to_bits(), expect.to_bits());
                 prop_assert_eq!(portable[i].to_bits(), expect.to_bits());
                 prop_assert_eq!(dot(&q, &block[r as usize * dim..(r as usize + 1) * dim]).to_bits(), expect.to_bits());
+            }
+        }
+
+        /// Signed zeros and exact small values: the sign of a zero sum must come out the same on
+        /// every path (the lane combine is where a wrong pairing would show).
+        #[test]
+        fn signed_zeros_survive_every_path(
+            dim in prop_oneof![Just(8usize), Just(16), Just(64), 1usize..24],
+            n in 0usize..20,
+            values in proptest::collection::vec(prop_oneof![Just(0.0f32), Just(-0.0f32), -4.0f32..4.0], 64 * 21),
+        ) {
+            let q = &values[..dim];
+            let block = &values[64..64 + dim * n];
+            let rows: Vec<u32> = (0..n as u32).collect();
+            let mut fast = vec![0.0; n];
+            dot_rows(q, block, &rows, &mut fast);
+            for (r, got) in fast.iter().enumerate() {
+                let expect = reference_dot(q, &block[r * dim..(r + 1) * dim]);
+                prop_assert_eq!(got.to_bits(), expect.to_bits());
             }
         }
 

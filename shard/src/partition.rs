@@ -221,6 +221,11 @@ impl Partition {
             })?;
             let n = s.product_ids.len();
             ensure(
+                s.all_in_stock == s.in_stock.iter().all(|&x| x),
+                COLUMNS_ALIGNED,
+                || format!("segment {key:?} stock summary"),
+            )?;
+            ensure(
                 s.category_codes.len() == n
                     && s.pool_scores.len() == n
                     && s.in_stock.len() == n

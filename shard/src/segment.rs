@@ -22,6 +22,9 @@ pub struct Segment {
     pub(crate) pool_scores: Vec<f32>,
     pub(crate) in_stock: Vec<bool>,
     pub(crate) vectors: Vec<f32>,
+    /// Derived from `in_stock` when the segment is built or read: the common case where the
+    /// candidate filter can be skipped for whole blocks.
+    pub(crate) all_in_stock: bool,
 }
 
 impl Segment {
@@ -291,7 +294,7 @@ pub fn score_segment(segment: &Segment, query: &SegmentQuery<'_>, top: &mut TopK
         match category_code {
             None => {
                 let end = (r + want).min(n);
-                if segment.in_stock[r..end].iter().all(|&s| s) {
+                if segment.all_in_stock || segment.in_stock[r..end].iter().all(|&s| s) {
                     // The common case: a block with nothing out of stock.
                     for (slot, row) in rows.iter_mut().zip(r..end) {
                         *slot = row as u32;
