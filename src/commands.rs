@@ -69,11 +69,16 @@ pub struct Shutdown {
 impl Shutdown {
     /// A shutdown set by the process's signals.
     pub fn on_signals() -> Self {
+        Self::from_future(shutdown_signal())
+    }
+
+    /// A shutdown set when `future` completes.
+    pub fn from_future(future: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
         let (sender, _) = tokio::sync::watch::channel(false);
         let sender = Arc::new(sender);
         let setter = sender.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            future.await;
             setter.send_replace(true);
         });
         Self { sender }

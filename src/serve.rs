@@ -128,15 +128,85 @@ pub async fn run_node(
     .await
     .context("restore task failed")?
     .with_context(|| format!("cannot restore from {}", config.node.data_dir.display()))?;
-    let server = bind_node(&node, member.addr, &identity, transport(&config)?)?;
+    let transport = transport(&config)?;
+    let server = bind_node(&node, member.addr, &identity, transport.clone())?;
+    let peers: Vec<MemberConfig> = config
+        .cluster
+        .nodes
+        .iter()
+        .filter(|m| m.id != member.id)
+        .cloned()
+        .collect();
+    let peers: HashMap<NodeId, Arc<dyn NodeClient>> = clients(&peers, &identity, transport)?
+        .into_iter()
+        .map(|c| (c.node(), c))
+        .collect();
+    let shutdown = crate::commands::Shutdown::from_future(shutdown);
+    tokio::spawn(repair(node.clone(), map, peers, shutdown.wait()));
     let active = restored.map_or_else(|| "none yet".to_string(), |v| v.to_string());
     crate::commands::print_line(&format!(
         "scoregrid node {id} listening on quic://{}, holding {} partitions, active model: {active}",
         server.local_addr(),
         must_hold.len()
     ))?;
-    server.serve(node as Arc<dyn Service>, shutdown).await;
+    server
+        .serve(node as Arc<dyn Service>, shutdown.wait())
+        .await;
     Ok(())
+}
+
+/// How long a node waits before asking again for partitions no peer could give.
+const REPAIR_RETRY: Duration = Duration::from_secs(2);
+
+/// Fetches back, from their other replicas, the partitions of the active version that the
+/// placement gives this node but that it lacks (lost or corrupt on disk), until none is
+/// missing or `shutdown`. Meanwhile the router reads those partitions from the other replicas.
+async fn repair(
+    node: Arc<Node>,
+    map: ClusterMap,
+    peers: HashMap<NodeId, Arc<dyn NodeClient>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    use scoregrid_wire::admin::AdminCalls;
+    let mut shutdown = std::pin::pin!(shutdown);
+    while let Some((version, missing)) = node.missing_partitions() {
+        for partition in missing {
+            for peer in map
+                .placement
+                .replicas(partition)
+                .iter()
+                .filter(|&&n| n != node.id())
+            {
+                let Some(client) = peers.get(peer) else {
+                    continue;
+                };
+                let bytes = match client.read_partition(version.clone(), partition).await {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        tracing::warn!(%partition, %peer, %error, "cannot fetch a missing partition");
+                        continue;
+                    }
+                };
+                let adopting = node.clone();
+                match tokio::task::spawn_blocking(move || adopting.adopt_partition(&bytes)).await {
+                    Ok(Ok(_)) => {
+                        tracing::info!(%partition, %peer, %version, "missing partition fetched back from a replica");
+                        break;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%partition, %peer, %error, "fetched partition refused")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%partition, %error, "partition adoption task failed")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REPAIR_RETRY) => {}
+            () = &mut shutdown => return,
+        }
+    }
 }
 
 /// QUIC clients to every member, sharing one UDP socket.

@@ -3,13 +3,15 @@
 //! `kill -9` of one node changes nothing a client can see (RF 2: every request still answered
 //! with full coverage, well within the deadline); killing a second node gives partial answers
 //! that say so (or a 503 when the customer's own partition is gone); restarting a killed node
-//! from its data directory brings full coverage back.
+//! from its data directory, one of its partition files lost meanwhile, brings full coverage
+//! back and the lost file is fetched back from its other replica.
 
 mod common;
 
 use common::{ChildGuard, get_json};
 use scoregrid_shard::ScoringWeights;
 use scoregrid_shard::reference::ReferenceQuery;
+use scoregrid_wire::NodeId;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -209,8 +211,28 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         "some answers are partial ({unavailable} were 503)"
     );
 
-    // 4. Restart node 1 from its data directory: full coverage again (node 3 + node 1 hold
-    // every partition that node 2 shared with either).
+    // 4. Lose one of node 1's partition files while it is down (a partition it shares with
+    // node 3), then restart it: it serves from its data directory, fetches the lost partition
+    // back from node 3, and full coverage returns (node 3 + node 1 hold every partition that
+    // node 2 shared with either).
+    let placement = scoregrid_raft::Placement::compute(
+        &[NodeId(1), NodeId(2), NodeId(3)],
+        scoregrid_shard::PartitionCount::new(64).unwrap(),
+        scoregrid_raft::ReplicationFactor::new(2).unwrap(),
+        256,
+    )
+    .unwrap();
+    let shared = (0..64)
+        .map(scoregrid_shard::PartitionId)
+        .find(|&p| {
+            placement.replicas(p).contains(&NodeId(1)) && placement.replicas(p).contains(&NodeId(3))
+        })
+        .expect("a partition on nodes 1 and 3");
+    let lost = work.join(format!(
+        "data/node-1/models/v-synthetic-1/p{:05}.part",
+        shared.0
+    ));
+    std::fs::remove_file(&lost).unwrap();
     let restarted = ChildGuard::start(&["--config", &members["node-1"].config, "node"], &[]);
     let line = restarted.wait_for_line("listening on quic://", 60);
     assert!(
@@ -237,6 +259,15 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
             "coverage did not come back after the restart"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lost.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was not fetched back from node 3",
+            lost.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, cluster_view) = get_json(addr, "/v1/cluster").await;
     let routees = cluster_view["routees"].as_array().unwrap();

@@ -248,10 +248,12 @@ impl Node {
     }
 
     /// Loads the active version recorded in the data directory, verified, and serves it.
-    /// Returns the version, or `None` for a fresh data directory.
+    /// Returns the version, or `None` for a fresh data directory. A partition file that fails
+    /// verification is set aside (renamed `*.corrupt`) and counts as missing: its other replicas
+    /// serve it, and [`Node::missing_partitions`] tells what to fetch back from them.
     ///
     /// # Errors
-    /// When a file of the active version cannot be read or verified.
+    /// When the active version's directory cannot be read or verified, or its folder listed.
     pub fn restore(&self) -> Result<Option<ModelVersion>, StoreError> {
         let Some(control) = self.control.as_ref() else {
             return Ok(None);
@@ -260,21 +262,82 @@ impl Node {
             return Ok(None);
         };
         let directory = control.store.read_directory(&version)?;
-        let partitions = control.store.read_partitions(&version)?;
-        let held: Vec<PartitionId> = partitions.iter().map(Partition::id).collect();
-        let missing = control
-            .must_hold
-            .iter()
-            .filter(|p| !held.contains(p))
-            .count();
-        if missing > 0 {
-            tracing::warn!(node = %self.id(), %version, missing, "partitions missing on disk; their other replicas serve them");
+        let mut partitions = Vec::new();
+        for path in control.store.partition_files(&version)? {
+            match scoregrid_shard::file::read_partition(&path) {
+                Ok(p) if p.version() == &version => partitions.push(p),
+                Ok(p) => {
+                    tracing::error!(node = %self.id(), file = %path.display(), found = %p.version(), "partition file of another version; set aside");
+                    control.store.quarantine(&path)?;
+                }
+                Err(error) => {
+                    tracing::error!(node = %self.id(), %error, "partition file refused; set aside");
+                    metrics::counter!("scoregrid_node_partition_files_refused_total", "node" => self.id().to_string())
+                        .increment(1);
+                    control.store.quarantine(&path)?;
+                }
+            }
         }
         self.install(Arc::new(directory), partitions)
             .map_err(|what| StoreError::Corrupt {
                 path: control.store.root().display().to_string(),
                 what,
             })?;
+        if let Some((_, missing)) = self.missing_partitions() {
+            tracing::warn!(node = %self.id(), %version, missing = missing.len(), "partitions missing on disk; their other replicas serve them until they are fetched back");
+        }
         Ok(Some(version))
+    }
+
+    /// The partitions of the active version that the placement gives this node but it does not
+    /// hold, if any.
+    pub fn missing_partitions(&self) -> Option<(ModelVersion, Vec<PartitionId>)> {
+        let control = self.control.as_ref()?;
+        let hosted = self.hosted.load();
+        let active = hosted.active.clone()?;
+        let version = hosted.versions.get(&active)?;
+        let missing: Vec<PartitionId> = control
+            .must_hold
+            .iter()
+            .copied()
+            .filter(|&p| version.partition(p).is_none())
+            .collect();
+        (!missing.is_empty()).then_some((active, missing))
+    }
+
+    /// Takes a partition file of the active version fetched from a peer: verified, written to
+    /// disk, then served.
+    ///
+    /// # Errors
+    /// A refusal if the bytes do not decode, belong to another version or layout, or name a
+    /// partition this node should not hold; a storage error if they cannot be written.
+    pub fn adopt_partition(&self, bytes: &[u8]) -> Result<PartitionId, NodeError> {
+        let control = self.control()?;
+        let partition = decode(bytes, "fetched partition").map_err(|e| refused(e.to_string()))?;
+        let id = partition.id();
+        let hosted = self.hosted.load();
+        let Some(active) = hosted.active.as_ref().and_then(|v| hosted.versions.get(v)) else {
+            return Err(refused("no active version to add a partition to"));
+        };
+        if partition.version() != active.version() || !control.must_hold.contains(&id) {
+            return Err(refused(format!(
+                "partition {id} of {} is not one this node holds for {}",
+                partition.version(),
+                active.version()
+            )));
+        }
+        control
+            .store
+            .write_partition_bytes(partition.version(), id, bytes)
+            .map_err(storage)?;
+        let updated = Arc::new(active.with_partition(partition).map_err(refused)?);
+        let version = updated.version().clone();
+        self.hosted.rcu(|current| {
+            let mut next = current.as_ref().clone();
+            next.versions.insert(version.clone(), updated.clone());
+            next
+        });
+        metrics::counter!("scoregrid_node_partitions_repaired_total", "node" => self.id().to_string()).increment(1);
+        Ok(id)
     }
 }

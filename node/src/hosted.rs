@@ -55,6 +55,20 @@ impl HostedVersion {
         &self.directory
     }
 
+    /// The same version with one more partition (fetched back from a peer).
+    ///
+    /// # Errors
+    /// As [`HostedVersion::new`] for that partition.
+    pub fn with_partition(&self, partition: Partition) -> Result<Self, String> {
+        let mut added = Self::new(self.directory.clone(), vec![partition])?;
+        for (slot, held) in added.partitions.iter_mut().zip(&self.partitions) {
+            if slot.is_none() {
+                slot.clone_from(held);
+            }
+        }
+        Ok(added)
+    }
+
     pub fn partition(&self, partition: PartitionId) -> Option<&Partition> {
         self.partitions.get(partition.index())?.as_deref()
     }

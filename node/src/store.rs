@@ -193,11 +193,11 @@ impl Store {
         Ok(directory)
     }
 
-    /// Reads every partition file of `version`, verified.
+    /// The partition files of `version`, sorted by name.
     ///
     /// # Errors
-    /// The first file that cannot be read or verified.
-    pub fn read_partitions(&self, version: &ModelVersion) -> Result<Vec<Partition>, StoreError> {
+    /// `StoreError::Io` if the version's folder cannot be listed.
+    pub fn partition_files(&self, version: &ModelVersion) -> Result<Vec<PathBuf>, StoreError> {
         let dir = self.version_dir(version);
         let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
             .map_err(io(&dir))?
@@ -205,6 +205,24 @@ impl Store {
             .filter(|p| p.extension().is_some_and(|x| x == "part"))
             .collect();
         paths.sort();
+        Ok(paths)
+    }
+
+    /// Sets a file aside as `<name>.corrupt`, kept for inspection, never read again.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if it cannot be renamed.
+    pub fn quarantine(&self, path: &Path) -> Result<(), StoreError> {
+        let aside = path.with_extension("corrupt");
+        fs::rename(path, &aside).map_err(io(path))
+    }
+
+    /// Reads every partition file of `version`, verified.
+    ///
+    /// # Errors
+    /// The first file that cannot be read or verified.
+    pub fn read_partitions(&self, version: &ModelVersion) -> Result<Vec<Partition>, StoreError> {
+        let paths = self.partition_files(version)?;
         let mut partitions = Vec::with_capacity(paths.len());
         for path in paths {
             let partition = read_partition(&path)?;

@@ -189,3 +189,69 @@ fn a_node_without_a_data_directory_refuses_staging() {
     let message = refusal(node.handle(Request::Activate(ModelVersion::new("v1").unwrap())));
     assert!(message.contains("no data directory"), "{message}");
 }
+
+/// A partition file corrupted on disk does not stop a restart: it is set aside, reported
+/// missing, served by its other replicas meanwhile, and adopted back from a peer's copy.
+#[test]
+fn a_corrupt_partition_file_is_set_aside_and_fetched_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = model("v1", 1.0);
+    {
+        let node = node(dir.path());
+        stage(&node, &v1, 4);
+        assert_eq!(
+            node.handle(Request::Activate(ModelVersion::new("v1").unwrap())),
+            Response::Done
+        );
+    }
+    let victim = v1
+        .partitions
+        .iter()
+        .find(|p| !p.customers().is_empty())
+        .unwrap();
+    let path = dir
+        .path()
+        .join(format!("models/v-v1/p{:05}.part", victim.id().0));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x08;
+    std::fs::write(&path, bytes).unwrap();
+
+    let restarted = node(dir.path());
+    assert_eq!(
+        restarted.restore().unwrap(),
+        Some(ModelVersion::new("v1").unwrap())
+    );
+    assert_eq!(
+        restarted.missing_partitions(),
+        Some((ModelVersion::new("v1").unwrap(), vec![victim.id()]))
+    );
+    assert!(
+        path.with_extension("corrupt").exists(),
+        "the corrupt file is kept aside"
+    );
+    let customer = victim.customers().ids()[0];
+    assert!(matches!(
+        customer_vector(&restarted, "v1", customer),
+        Response::Error(NodeError::BadRequest(_))
+    ));
+
+    // A peer's copy is refused if it is not the partition this node lacks...
+    let wrong = model("v2", 2.0);
+    assert!(
+        restarted
+            .adopt_partition(&encode(&wrong.partitions[0]).bytes)
+            .is_err()
+    );
+    // ...and taken if it is.
+    assert_eq!(
+        restarted.adopt_partition(&encode(victim).bytes),
+        Ok(victim.id())
+    );
+    assert_eq!(restarted.missing_partitions(), None);
+    assert!(matches!(
+        customer_vector(&restarted, "v1", customer),
+        Response::Customer(Some(_))
+    ));
+    assert!(path.exists(), "written back to disk");
+}
