@@ -110,16 +110,7 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
         }
 
         let started = Instant::now();
-        let model = args.model.clone();
-        let (partitions, segment) = (config.placement.partitions, config.model.segment_products_max);
-        let built = tokio::task::spawn_blocking(move || {
-            let partitions = scoregrid_shard::PartitionCount::new(partitions).context("placement.partitions")?;
-            scoregrid_loader::build_model(&model, partitions, segment)
-                .with_context(|| format!("cannot load the model in {}", model.display()))
-        })
-        .await
-        .context("model build task failed")??
-        .1;
+        let built = push::build(&config, args.model.clone()).await?;
         let version = built.directory.version.clone();
         let example = crate::demo::example_request(&built);
         let mut loader_config = config.clone();

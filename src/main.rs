@@ -62,6 +62,16 @@ enum Command {
     /// Run a whole cluster as child processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Push a model version into the running cluster of `[cluster]`: stage it on every replica,
+    /// verify every copy, then activate it on every node.
+    Load {
+        /// The model directory (contract section 1).
+        #[arg(long)]
+        model: PathBuf,
+        /// Stage and verify only; activate later by loading again without this flag.
+        #[arg(long)]
+        no_activate: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +147,9 @@ fn main() -> Result<()> {
         }),
         Command::Cluster(ClusterCommand::Local(args)) => {
             commands::runtime()?.block_on(cluster_local::run(config, args))
+        }
+        Command::Load { model, no_activate } => {
+            commands::runtime()?.block_on(push::load(config, model, !no_activate))
         }
     }
 }

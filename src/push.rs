@@ -5,12 +5,14 @@
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
+use scoregrid_config::Config;
 use scoregrid_raft::ClusterMap;
 use scoregrid_shard::BuiltModel;
 use scoregrid_shard::file::encode;
 use scoregrid_wire::admin::AdminCalls;
 use scoregrid_wire::{NodeClient, NodeId};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Staging calls in flight at once: enough to keep every node busy, few enough that the
@@ -81,4 +83,52 @@ pub async fn push_model(
         }
     }
     Ok(report)
+}
+
+/// `scoregrid load --model DIR [--no-activate]`: the nodes of `[cluster]`, reached with the
+/// identity of `[tls]` (a loader certificate from the cluster CA).
+pub async fn load(config: Config, model: PathBuf, activate: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let map = crate::serve::static_map(&config)?;
+    let identity = crate::serve::identity(&config)?;
+    let clients: HashMap<NodeId, Arc<dyn NodeClient>> = crate::serve::clients(
+        &config.cluster.nodes,
+        &identity,
+        crate::serve::transport(&config)?,
+    )?
+    .into_iter()
+    .map(|c| (c.node(), c))
+    .collect();
+    let built = build(&config, model).await?;
+    let version = built.directory.version.clone();
+    let report = push_model(built, &map, &clients, activate).await?;
+    crate::commands::print_line(&format!(
+        "model {version}: {} partition copies ({:.1} MiB) staged and verified on {} nodes{} in {:.1} s",
+        report.copies,
+        report.bytes as f64 / 1048576.0,
+        clients.len(),
+        if activate {
+            ", then activated"
+        } else {
+            " (not activated)"
+        },
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Reads and builds the model in `dir` with the layout of `config` (off the async workers).
+pub async fn build(config: &Config, dir: PathBuf) -> Result<BuiltModel> {
+    let (partitions, segment) = (
+        config.placement.partitions,
+        config.model.segment_products_max,
+    );
+    let (_, built) = tokio::task::spawn_blocking(move || {
+        let partitions = scoregrid_shard::PartitionCount::new(partitions)
+            .context("placement.partitions out of range")?;
+        scoregrid_loader::build_model(&dir, partitions, segment)
+            .with_context(|| format!("cannot load the model in {}", dir.display()))
+    })
+    .await
+    .context("model build task failed")??;
+    Ok(built)
 }

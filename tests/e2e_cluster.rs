@@ -1,5 +1,6 @@
 //! End to end over a real cluster: `scoregrid cluster local` starts 3 node processes and a
 //! router process that talk QUIC with mutual TLS; answers equal the brute-force reference;
+//! `scoregrid load` activates a second version while a cursor keeps paging the first;
 //! `kill -9` of one node changes nothing a client can see (RF 2: every request still answered
 //! with full coverage, well within the deadline); killing a second node gives partial answers
 //! that say so (or a 503 when the customer's own partition is gone); restarting a killed node
@@ -157,6 +158,132 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         assert_eq!(body["coverage"]["segments"], body["coverage"]["answered"]);
     }
 
+    // 1b. A nightly load: `scoregrid load` pushes version 2 into the running cluster. New
+    // requests move to it; a cursor opened on version 1 keeps paging version 1 (retained).
+    let (v2_dir, v2_reference) = common::generated_model(
+        &dir.path().join("v2"),
+        &[
+            "--customers",
+            "200",
+            "--products",
+            "600",
+            "--containers",
+            "6",
+            "--dim",
+            "8",
+            "--format",
+            "jsonl",
+            "--seed",
+            "12",
+            "--version",
+            "synthetic-2",
+        ],
+    );
+    let c = customers[0];
+    let (_, first) = get_json(
+        addr,
+        &format!("/v1/recommend?customer={c}&container={grid}&limit=5"),
+    )
+    .await;
+    assert_eq!(first["model_version"], "synthetic-1");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let router_config = std::fs::read_to_string(work.join("router.toml")).unwrap();
+    let loader_config = work.join("loader.toml");
+    std::fs::write(
+        &loader_config,
+        router_config
+            .replace("router.pem", "loader.pem")
+            .replace("router.key", "loader.key"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scoregrid"))
+        .args([
+            "--config",
+            loader_config.to_str().unwrap(),
+            "load",
+            "--model",
+            v2_dir.to_str().unwrap(),
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("then activated"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, ready) = get_json(addr, "/readyz").await;
+        if ready["model_version"] == "synthetic-2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router did not move to synthetic-2: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, second) = get_json(
+        addr,
+        &format!("/v1/recommend?customer={c}&container={grid}&limit=5&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        second["model_version"], "synthetic-1",
+        "the cursor stays on its version"
+    );
+    assert_eq!(items(&second), expect(c)[5..10].to_vec());
+    let (&grid2, _) = v2_reference
+        .pools
+        .iter()
+        .max_by_key(|(id, pool)| (pool.len(), **id))
+        .unwrap();
+    let (_, fresh) = get_json(
+        addr,
+        &format!("/v1/recommend?customer={c}&container={grid2}&limit=1000"),
+    )
+    .await;
+    assert_eq!(fresh["model_version"], "synthetic-2");
+    let want: Vec<(u64, f32)> = v2_reference
+        .rank(
+            ReferenceQuery {
+                customer: c,
+                container: grid2,
+                category: None,
+                candidates: None,
+            },
+            ScoringWeights::default(),
+        )
+        .unwrap()
+        .items
+        .iter()
+        .map(|i| (i.product, i.score))
+        .collect();
+    assert_eq!(items(&fresh), want);
+    let (grid, reference) = (grid2, v2_reference);
+    let expect = |customer: u64| -> Vec<(u64, f32)> {
+        let q = ReferenceQuery {
+            customer,
+            container: grid,
+            category: None,
+            candidates: None,
+        };
+        reference
+            .rank(q, ScoringWeights::default())
+            .unwrap()
+            .items
+            .iter()
+            .take(1000)
+            .map(|i| (i.product, i.score))
+            .collect()
+    };
+
     // 2. kill -9 one node: every request still fully answered, within its deadline.
     kill9(members["node-1"].pid);
     for round in 0..2 {
@@ -229,14 +356,14 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         })
         .expect("a partition on nodes 1 and 3");
     let lost = work.join(format!(
-        "data/node-1/models/v-synthetic-1/p{:05}.part",
+        "data/node-1/models/v-synthetic-2/p{:05}.part",
         shared.0
     ));
     std::fs::remove_file(&lost).unwrap();
     let restarted = ChildGuard::start(&["--config", &members["node-1"].config, "node"], &[]);
     let line = restarted.wait_for_line("listening on quic://", 60);
     assert!(
-        line.contains("active model: synthetic-1"),
+        line.contains("active model: synthetic-2"),
         "restored from disk: {line}"
     );
     let deadline = Instant::now() + Duration::from_secs(20);

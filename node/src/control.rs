@@ -73,9 +73,17 @@ impl Node {
     }
 
     fn staging_entry<'a>(
+        &self,
         staging: &'a mut HashMap<ModelVersion, Staging>,
         version: &ModelVersion,
     ) -> Result<&'a mut Staging, NodeError> {
+        if self.hosted.load().versions.contains_key(version) {
+            // Its files are in use: a different model under the same name would be served from
+            // RAM and another from disk after a restart.
+            return Err(refused(format!(
+                "version {version} is already hosted here; a new model needs a new version name"
+            )));
+        }
         if !staging.contains_key(version) && staging.len() >= STAGING_VERSIONS_MAX {
             return Err(refused(format!(
                 "{} versions are already staging ({}); activate one first",
@@ -121,10 +129,10 @@ impl Node {
         let control = self.control()?;
         let version = directory.version.clone();
         // Room first, so that a refused version leaves nothing on disk.
-        self.staging(|staging| Self::staging_entry(staging, &version).map(drop))?;
+        self.staging(|staging| self.staging_entry(staging, &version).map(drop))?;
         control.store.write_directory(&directory).map_err(storage)?;
         self.staging(|staging| {
-            let entry = Self::staging_entry(staging, &version)?;
+            let entry = self.staging_entry(staging, &version)?;
             if let Some(p) = entry.partitions.values().find(|p| {
                 p.partition_count() != directory.partitions || p.dim() != directory.dim as usize
             }) {
@@ -144,13 +152,13 @@ impl Node {
         let control = self.control()?;
         let partition = decode(bytes, "staged partition").map_err(|e| refused(e.to_string()))?;
         let (version, id) = (partition.version().clone(), partition.id());
-        self.staging(|staging| Self::staging_entry(staging, &version).map(drop))?;
+        self.staging(|staging| self.staging_entry(staging, &version).map(drop))?;
         let checksum = control
             .store
             .write_partition_bytes(&version, id, bytes)
             .map_err(storage)?;
         self.staging(|staging| {
-            let entry = Self::staging_entry(staging, &version)?;
+            let entry = self.staging_entry(staging, &version)?;
             if let Some(d) = &entry.directory
                 && (d.partitions != partition.partition_count()
                     || d.dim as usize != partition.dim())
@@ -175,6 +183,8 @@ impl Node {
     pub(crate) fn activate(&self, version: &ModelVersion) -> Result<(), NodeError> {
         let control = self.control()?;
         if self.hosted.load().versions.contains_key(version) {
+            // Staged again while hosted (a reload of the same version): nothing new to serve.
+            self.staging(|staging| Ok(staging.remove(version)))?;
             control.store.set_active(version).map_err(storage)?;
             self.hosted.rcu(|current| {
                 let mut next = current.as_ref().clone();
