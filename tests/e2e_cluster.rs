@@ -11,7 +11,7 @@ mod common;
 
 use common::{ChildGuard, get_json};
 use scoregrid_shard::ScoringWeights;
-use scoregrid_shard::reference::ReferenceQuery;
+use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
 use scoregrid_wire::NodeId;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -38,6 +38,23 @@ async fn page(addr: SocketAddr, customer: u64, container: u64) -> (u16, Value, D
     )
     .await;
     (status, body, started.elapsed())
+}
+
+/// The reference's first 1,000 items (the page size the test asks for) as (product, score).
+fn ranked(reference: &ReferenceModel, customer: u64, container: u64) -> Vec<(u64, f32)> {
+    let query = ReferenceQuery {
+        customer,
+        container,
+        category: None,
+        candidates: None,
+    };
+    let ranking = reference.rank(query, ScoringWeights::default()).unwrap();
+    ranking
+        .items
+        .iter()
+        .take(1000)
+        .map(|i| (i.product, i.score))
+        .collect()
 }
 
 fn items(body: &Value) -> Vec<(u64, f32)> {
@@ -133,22 +150,7 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         ids.sort_unstable();
         ids.into_iter().take(30).collect()
     };
-    let expect = |customer: u64| -> Vec<(u64, f32)> {
-        let q = ReferenceQuery {
-            customer,
-            container: grid,
-            category: None,
-            candidates: None,
-        };
-        reference
-            .rank(q, ScoringWeights::default())
-            .unwrap()
-            .items
-            .iter()
-            .take(1000)
-            .map(|i| (i.product, i.score))
-            .collect()
-    };
+    let expect = |customer: u64| ranked(&reference, customer, grid);
 
     // 1. All nodes up: the reference's answers.
     for &c in &customers {
@@ -250,39 +252,10 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
     )
     .await;
     assert_eq!(fresh["model_version"], "synthetic-2");
-    let want: Vec<(u64, f32)> = v2_reference
-        .rank(
-            ReferenceQuery {
-                customer: c,
-                container: grid2,
-                category: None,
-                candidates: None,
-            },
-            ScoringWeights::default(),
-        )
-        .unwrap()
-        .items
-        .iter()
-        .map(|i| (i.product, i.score))
-        .collect();
+    let want = ranked(&v2_reference, c, grid2);
     assert_eq!(items(&fresh), want);
     let (grid, reference) = (grid2, v2_reference);
-    let expect = |customer: u64| -> Vec<(u64, f32)> {
-        let q = ReferenceQuery {
-            customer,
-            container: grid,
-            category: None,
-            candidates: None,
-        };
-        reference
-            .rank(q, ScoringWeights::default())
-            .unwrap()
-            .items
-            .iter()
-            .take(1000)
-            .map(|i| (i.product, i.score))
-            .collect()
-    };
+    let expect = |customer: u64| ranked(&reference, customer, grid);
 
     // 2. kill -9 one node: every request still fully answered, within its deadline.
     kill9(members["node-1"].pid);
