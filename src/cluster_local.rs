@@ -11,7 +11,7 @@ use crate::{push, serve};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use scoregrid_config::{Config, MemberConfig};
-use scoregrid_wire::{NodeClient, NodeId};
+use scoregrid_wire::{NodeClient, NodeId, Role};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -83,15 +83,15 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
     for i in 1..=args.nodes {
         let ip = Ipv4Addr::new(127, 0, 0, 1 + i as u8);
         let name = format!("node-{i}");
-        scoregrid_wire::issue_to_dir(&certs, &name, &[ip.to_string()])?;
+        scoregrid_wire::issue_to_dir(&certs, &name, Role::Node, &[ip.to_string()])?;
         members.push(MemberConfig {
             id: u64::from(i),
             addr: SocketAddr::new(IpAddr::V4(ip), free_udp_port(ip)?),
             name,
         });
     }
-    scoregrid_wire::issue_to_dir(&certs, "router", &[])?;
-    scoregrid_wire::issue_to_dir(&certs, "loader", &[])?;
+    scoregrid_wire::issue_to_dir(&certs, "router", Role::Router, &[])?;
+    scoregrid_wire::issue_to_dir(&certs, "loader", Role::Loader, &[])?;
 
     let mut config = base;
     config.cluster.nodes = members.clone();

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use scoregrid_config::Config;
 use scoregrid_config::MemberConfig;
 use scoregrid_loader::synth::{self, SynthSpec};
-use scoregrid_node::{LocalClient, Node};
+use scoregrid_node::{LocalClient, Node, NodeService};
 use scoregrid_raft::Placement;
 use scoregrid_shard::{
     BuiltModel, Directory, ModelBuilder, ModelLayout, ModelVersion, Partition, PartitionCount,
@@ -85,7 +85,8 @@ pub async fn run(config: Config, model: Option<PathBuf>, in_process: bool) -> Re
             .collect()
     } else {
         for (node, server) in nodes.iter().zip(servers) {
-            tokio::spawn(server.serve(node.clone() as Arc<dyn Service>, shutdown.wait()));
+            let service = NodeService::new(node.clone(), server.clock().clone(), None);
+            tokio::spawn(server.serve(Arc::new(service) as Arc<dyn Service>, shutdown.wait()));
         }
         serve::clients(&config.cluster.nodes, &router_identity, transport)?
     };

@@ -91,6 +91,10 @@ enum CertsCommand {
         /// Extra subject alternative names: DNS names or IP addresses.
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// What the certificate allows: node, router, loader or operator (default: from the
+        /// name: router*, loader*, operator*/client* get those roles, any other name is a node).
+        #[arg(long, value_parser = scoregrid_wire::Role::parse)]
+        role: Option<scoregrid_wire::Role>,
     },
 }
 
@@ -130,10 +134,16 @@ fn main() -> Result<()> {
             scoregrid_wire::init_ca(&dir)?;
             commands::print_line(&format!("cluster CA written to {}", dir.display()))
         }
-        Command::Certs(CertsCommand::Issue { dir, name, sans }) => {
-            scoregrid_wire::issue_to_dir(&dir, &name, &sans)?;
+        Command::Certs(CertsCommand::Issue {
+            dir,
+            name,
+            sans,
+            role,
+        }) => {
+            let role = role.unwrap_or_else(|| scoregrid_wire::Role::for_name(&name));
+            scoregrid_wire::issue_to_dir(&dir, &name, role, &sans)?;
             commands::print_line(&format!(
-                "{name}.pem and {name}.key written to {}",
+                "{name}.pem and {name}.key (role {role}) written to {}",
                 dir.display()
             ))
         }

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use scoregrid_config::{Config, MemberConfig};
 use scoregrid_node::store::Store;
-use scoregrid_node::{Control, Node};
+use scoregrid_node::{Control, Node, NodeService};
 use scoregrid_raft::{ClusterMap, NodeInfo, NodeState, ReplicationFactor};
 use scoregrid_router::routee::Routee;
 use scoregrid_router::{RouterState, discovery};
@@ -72,7 +72,10 @@ pub fn static_map(config: &Config) -> Result<ClusterMap> {
         .map(|m| NodeInfo {
             id: NodeId(m.id),
             address: m.addr.to_string(),
+            name: m.name.clone(),
             state: NodeState::Up,
+            voter: false,
+            admin: None,
         })
         .collect();
     Ok(ClusterMap::bootstrap(
@@ -149,8 +152,9 @@ pub async fn run_node(
         server.local_addr(),
         must_hold.len()
     ))?;
+    let service = NodeService::new(node, server.clock().clone(), None);
     server
-        .serve(node as Arc<dyn Service>, shutdown.wait())
+        .serve(Arc::new(service) as Arc<dyn Service>, shutdown.wait())
         .await;
     Ok(())
 }

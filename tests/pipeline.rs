@@ -161,11 +161,12 @@ impl scoregrid_wire::NodeClient for Late {
     fn node(&self) -> scoregrid_wire::NodeId {
         self.inner.node()
     }
-    fn call(
+    fn call_until(
         &self,
         request: scoregrid_wire::Request,
+        deadline: Option<tokio::time::Instant>,
     ) -> scoregrid_wire::RpcFuture<scoregrid_wire::Response> {
-        let (delay, call) = (self.delay, self.inner.call(request));
+        let (delay, call) = (self.delay, self.inner.call_until(request, deadline));
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             call.await

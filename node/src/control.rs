@@ -27,18 +27,26 @@ struct Staging {
 
 pub struct Control {
     store: Store,
-    /// The partitions the placement gives this node: activation waits for all of them.
-    must_hold: Vec<PartitionId>,
+    /// The partitions the placement gives this node: activation waits for all of them. Set at
+    /// start and again whenever the cluster map changes the placement.
+    must_hold: std::sync::RwLock<Vec<PartitionId>>,
     /// Versions kept beside the active one (for rollback and open cursors).
     versions_retained: usize,
     staging: Mutex<HashMap<ModelVersion, Staging>>,
 }
 
 impl Control {
+    fn must_hold(&self) -> Vec<PartitionId> {
+        self.must_hold.read().map_or_else(
+            |poisoned| poisoned.into_inner().clone(),
+            |held| held.clone(),
+        )
+    }
+
     pub fn new(store: Store, must_hold: Vec<PartitionId>, versions_retained: usize) -> Self {
         Self {
             store,
-            must_hold,
+            must_hold: std::sync::RwLock::new(must_hold),
             versions_retained,
             staging: Mutex::new(HashMap::new()),
         }
@@ -204,7 +212,7 @@ impl Node {
                 refused(format!("version {version}: the directory is not staged"))
             })?;
             let missing: Vec<String> = control
-                .must_hold
+                .must_hold()
                 .iter()
                 .filter(|p| !entry.partitions.contains_key(p))
                 .map(ToString::to_string)
@@ -299,6 +307,25 @@ impl Node {
         Ok(Some(version))
     }
 
+    /// Records the partitions the cluster map now gives this node (the placement changed).
+    pub fn set_must_hold(&self, partitions: Vec<PartitionId>) {
+        if let Some(control) = self.control.as_ref() {
+            let mut held = control
+                .must_hold
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *held = partitions;
+        }
+    }
+
+    /// The partitions the placement gives this node (none for a node without a data directory).
+    pub fn must_hold(&self) -> Vec<PartitionId> {
+        self.control
+            .as_ref()
+            .map(Control::must_hold)
+            .unwrap_or_default()
+    }
+
     /// The partitions of the active version that the placement gives this node but it does not
     /// hold, if any.
     pub fn missing_partitions(&self) -> Option<(ModelVersion, Vec<PartitionId>)> {
@@ -307,9 +334,8 @@ impl Node {
         let active = hosted.active.clone()?;
         let version = hosted.versions.get(&active)?;
         let missing: Vec<PartitionId> = control
-            .must_hold
-            .iter()
-            .copied()
+            .must_hold()
+            .into_iter()
             .filter(|&p| version.partition(p).is_none())
             .collect();
         (!missing.is_empty()).then_some((active, missing))
@@ -329,7 +355,7 @@ impl Node {
         let Some(active) = hosted.active.as_ref().and_then(|v| hosted.versions.get(v)) else {
             return Err(refused("no active version to add a partition to"));
         };
-        if partition.version() != active.version() || !control.must_hold.contains(&id) {
+        if partition.version() != active.version() || !control.must_hold().contains(&id) {
             return Err(refused(format!(
                 "partition {id} of {} is not one this node holds for {}",
                 partition.version(),

@@ -11,15 +11,19 @@
 //! - [`control`]: staging, activation, retention and restore, for a node with a data directory.
 //! - [`service`]: [`Node`], which answers requests from the snapshot, and its metrics.
 //! - [`local`]: [`LocalClient`], the in-process [`scoregrid_wire::NodeClient`].
+//! - [`rpc`]: [`NodeService`], the node as the network sees it: roles, epoch fencing, where
+//!   each request runs.
 //! - [`store`]: the data directory: partition files, directories, the active marker.
 
 pub mod control;
 pub mod hosted;
 pub mod local;
+pub mod rpc;
 pub mod service;
 pub mod store;
 
 pub use control::Control;
 pub use hosted::HostedVersion;
 pub use local::LocalClient;
+pub use rpc::{Membership, NodeService};
 pub use service::Node;

@@ -22,10 +22,16 @@ impl NodeClient for LocalClient {
         self.node.id()
     }
 
-    fn call(&self, request: Request) -> RpcFuture<Response> {
+    fn call_until(
+        &self,
+        request: Request,
+        deadline: Option<tokio::time::Instant>,
+    ) -> RpcFuture<Response> {
         // Scoring is CPU work of microseconds: done on the caller's task, as a remote node would
         // do it on its own; nothing to await.
-        let response = self.node.handle(request);
+        let response = self
+            .node
+            .handle_until(request, deadline.map(tokio::time::Instant::into_std));
         Box::pin(std::future::ready(Ok(response)))
     }
 }

@@ -13,6 +13,7 @@ use scoregrid_wire::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The versions a node hosts. Replaced whole on every change (copy-on-write).
 #[derive(Debug, Default, Clone)]
@@ -34,6 +35,7 @@ struct NodeMetrics {
     segments_scored: Counter,
     segments_missing: Counter,
     errors: Counter,
+    deadline_exceeded: Counter,
 }
 
 impl NodeMetrics {
@@ -47,7 +49,8 @@ impl NodeMetrics {
             products_scored: metrics::counter!("scoregrid_node_products_scored_total", "node" => node.clone()),
             segments_scored: metrics::counter!("scoregrid_node_segments_scored_total", "node" => node.clone()),
             segments_missing: metrics::counter!("scoregrid_node_segments_missing_total", "node" => node.clone()),
-            errors: metrics::counter!("scoregrid_node_errors_total", "node" => node),
+            errors: metrics::counter!("scoregrid_node_errors_total", "node" => node.clone()),
+            deadline_exceeded: metrics::counter!("scoregrid_node_deadline_exceeded_total", "node" => node),
         }
     }
 }
@@ -127,11 +130,17 @@ impl Node {
         self.hosted.load().active.clone()
     }
 
-    /// Answers one request.
+    /// Answers one request (no deadline: in-process callers and tests).
     pub fn handle(&self, request: Request) -> Response {
+        self.handle_until(request, None)
+    }
+
+    /// Answers one request whose caller stops waiting at `deadline`: scoring that has not
+    /// started by then is skipped ([`NodeError::DeadlineExceeded`]), since nobody would read it.
+    pub fn handle_until(&self, request: Request, deadline: Option<Instant>) -> Response {
         let result = match request {
             Request::FetchCustomer(r) => self.fetch_customer(r).map(Response::Customer),
-            Request::ScoreSegments(r) => self.score_segments(r).map(Response::Segments),
+            Request::ScoreSegments(r) => self.score_segments(r, deadline).map(Response::Segments),
             Request::ScoreProducts(r) => self.score_products(r).map(Response::Products),
             Request::Status => Ok(Response::Status(self.status())),
             Request::FetchDirectory(v) => self
@@ -141,6 +150,9 @@ impl Node {
             Request::StagePartition(p) => self.stage_partition(&p.bytes).map(Response::Staged),
             Request::Activate(v) => self.activate(&v).map(|()| Response::Done),
             Request::ReadPartition(r) => self.read_partition(&r).map(Response::PartitionFile),
+            Request::Raft(_) | Request::Cluster(_) => Err(NodeError::Refused(
+                "this node takes no part in Raft (in-process node)".into(),
+            )),
         };
         result.unwrap_or_else(|error| {
             self.metrics.errors.increment(1);
@@ -190,9 +202,14 @@ impl Node {
             }))
     }
 
-    fn score_segments(&self, request: ScoreSegments) -> Result<ScoreSegmentsReply, NodeError> {
+    fn score_segments(
+        &self,
+        request: ScoreSegments,
+        deadline: Option<Instant>,
+    ) -> Result<ScoreSegmentsReply, NodeError> {
         self.metrics.requests_score_segments.increment(1);
         let hosted = self.version(&request.version)?;
+        check_scoring_bounds(&request)?;
         if let Some(v) = &request.vector
             && v.len() != hosted.dim()
         {
@@ -207,6 +224,11 @@ impl Node {
         let mut scored = 0u64;
         let mut segments = 0u64;
         for take in &request.segments {
+            // A late answer is thrown away by the router: stop as soon as it would be late.
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                self.metrics.deadline_exceeded.increment(1);
+                return Err(NodeError::DeadlineExceeded);
+            }
             let Some(segment) = hosted.segment(take.key) else {
                 missing.push(take.key);
                 continue;
@@ -237,6 +259,12 @@ impl Node {
     fn score_products(&self, request: ScoreProducts) -> Result<ScoreProductsReply, NodeError> {
         self.metrics.requests_score_products.increment(1);
         let hosted = self.version(&request.version)?;
+        if request.products.len() > PRODUCTS_PER_CALL_MAX {
+            return Err(NodeError::BadRequest(format!(
+                "{} products in one call, at most {PRODUCTS_PER_CALL_MAX}",
+                request.products.len()
+            )));
+        }
         if request.vector.len() != hosted.dim() {
             return Err(NodeError::BadRequest(format!(
                 "vector has {} values, the model {}",
@@ -265,9 +293,40 @@ impl Node {
     }
 }
 
-/// A node served over a network transport answers exactly as it does in process.
-impl scoregrid_wire::Service for Node {
-    fn call(&self, request: Request) -> Response {
-        self.handle(request)
+/// Segments one `ScoreSegments` call may name: a pool of 10M products in segments of 4096 is
+/// ~2,500; anything far above is not a request the router makes.
+pub const SEGMENTS_PER_CALL_MAX: usize = 1 << 16;
+/// Products one `ScoreProducts` call may name (the router sends at most `api.score_products_max`,
+/// itself at most 1M).
+pub const PRODUCTS_PER_CALL_MAX: usize = 1 << 20;
+
+/// The bounds of a decoded `ScoreSegments` that the scoring relies on: a count of segments, a
+/// `k` and a vector of finite values (a NaN would make the ranking meaningless).
+fn check_scoring_bounds(request: &ScoreSegments) -> Result<(), NodeError> {
+    if request.segments.len() > SEGMENTS_PER_CALL_MAX {
+        return Err(NodeError::BadRequest(format!(
+            "{} segments in one call, at most {SEGMENTS_PER_CALL_MAX}",
+            request.segments.len()
+        )));
     }
+    if request.k == 0 || request.k as usize > TopK::K_MAX {
+        return Err(NodeError::BadRequest(format!(
+            "k = {} is outside 1..={}",
+            request.k,
+            TopK::K_MAX
+        )));
+    }
+    if let Some(v) = &request.vector
+        && let Some(x) = v.iter().find(|x| !x.is_finite())
+    {
+        return Err(NodeError::BadRequest(format!(
+            "the customer vector holds {x}, not a finite number"
+        )));
+    }
+    if !request.weights.affinity.is_finite() || !request.weights.pool.is_finite() {
+        return Err(NodeError::BadRequest(
+            "scoring weights must be finite numbers".into(),
+        ));
+    }
+    Ok(())
 }

@@ -13,7 +13,6 @@
 use scoregrid_shard::file::{read_partition, write_partition};
 use scoregrid_shard::{Directory, FileError, ModelVersion, Partition, PartitionId};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -48,21 +47,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` atomically (see [`scoregrid_shard::durable`]).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-    }
-    Ok(())
+    scoregrid_shard::durable::write_atomically(path, bytes).map_err(io(path))
 }
 
 #[derive(Clone, Debug)]
@@ -148,12 +135,7 @@ impl Store {
                 path: path.display().to_string(),
                 what: format!("cannot encode the directory: {e}"),
             })?;
-        let mut bytes = Vec::with_capacity(payload.len() + 24);
-        bytes.extend_from_slice(DIRECTORY_MAGIC);
-        bytes.extend_from_slice(&DIRECTORY_FORMAT.to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
+        let bytes = scoregrid_shard::durable::seal(DIRECTORY_MAGIC, DIRECTORY_FORMAT, &payload);
         write_atomically(&path, &bytes)
     }
 
@@ -169,20 +151,14 @@ impl Store {
             path: name.clone(),
             what: what.to_string(),
         };
-        if bytes.len() < 16 || &bytes[..8] != DIRECTORY_MAGIC {
-            return Err(corrupt("not a directory file (bad magic)"));
-        }
-        let (body, trailer) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != trailer {
-            return Err(corrupt("checksum mismatch: the file is corrupt"));
-        }
-        let format = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
+        let (format, payload) = scoregrid_shard::durable::unseal(&bytes, DIRECTORY_MAGIC)
+            .map_err(|e| corrupt(&e.to_string()))?;
         if format != DIRECTORY_FORMAT {
             return Err(corrupt(&format!(
                 "directory format {format} is not supported"
             )));
         }
-        let directory: Directory = scoregrid_wire::codec::decode(&body[12..])
+        let directory: Directory = scoregrid_wire::codec::decode(payload)
             .map_err(|e| corrupt(&format!("cannot decode: {e}")))?;
         if &directory.version != version {
             return Err(corrupt(&format!(

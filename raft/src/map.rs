@@ -1,39 +1,97 @@
-//! The cluster map: the state every process follows. Each change produces a new map with a
-//! higher epoch; messages carry the epoch so that an actor with a stale map is fenced.
+//! The cluster map: the state every process follows. It is the value of the Raft state machine
+//! ([`crate::state_machine`]): each committed change produces a new map with a higher epoch, and
+//! every message between processes carries the epoch of its sender's map so that an actor with a
+//! stale map is fenced. A map with a given epoch is the same on every process that holds it,
+//! because only committed commands produce epochs.
 
 use crate::placement::{Placement, PlacementError, ReplicationFactor};
-use scoregrid_shard::{ModelVersion, PartitionCount};
+use scoregrid_shard::{ModelVersion, PartitionCount, PartitionId};
 use scoregrid_wire::NodeId;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Version of the cluster map; strictly increases with every change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Version of the cluster map; strictly increases with every change. `Epoch(0)` is "no map".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
 
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A node's state in the map (contract section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
+    /// Added by `scoregrid node --join`; holds no partitions until the rebalancing issue gives
+    /// it some.
     Joining,
+    /// Serving its partitions.
     Up,
+    /// Silent for `raft.down_after_ms` (marked by the leader): routers skip it at once.
     Down,
+    /// Planned work (`scoregrid cluster maintenance ID on`): never marked down, nothing moved;
+    /// routers use it only when no other replica is up.
+    Maintenance,
+    /// Being drained before removal (produced by the rebalancing issue; `cluster remove` of this
+    /// release removes a node at once).
     Leaving,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Maintenance => "maintenance",
+            NodeState::Leaving => "leaving",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: NodeId,
-    /// Where the node is reached (`in-process` for the demo's nodes).
+    /// Where the node is reached over QUIC (`in-process` for the demo's nodes).
     pub address: String,
+    /// The name in its certificate: servers check a peer claiming to be this node against it.
+    pub name: String,
     pub state: NodeState,
+    /// A Raft voter (named in `raft.voters`), else a learner that follows the log.
+    pub voter: bool,
+    /// Its admin HTTP address (`/metrics`, `/healthz`), if it serves one.
+    pub admin: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelState {
+    /// Registered by a loader, being staged on the replicas; not served.
     Staging,
+    /// The version new requests are answered from.
     Active,
+    /// Served before; nodes may still host it for open cursors and rollback.
     Retired,
+}
+
+impl ModelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Staging => "staging",
+            ModelState::Active => "active",
+            ModelState::Retired => "retired",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +99,14 @@ pub struct ModelRecord {
     pub version: ModelVersion,
     pub state: ModelState,
 }
+
+/// Model records kept in the map: the oldest retired ones are pruned beyond it, so the map
+/// stays small whatever the number of nightly loads.
+pub const MODEL_RECORDS_MAX: usize = 16;
+
+/// Nodes a map holds; a join beyond it is refused (the placement table and every message
+/// carrying the map grow with it).
+pub const NODES_MAX: usize = 1024;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MapError {
@@ -53,22 +119,27 @@ pub enum MapError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
     pub epoch: Epoch,
+    /// Sorted by id.
     pub nodes: Vec<NodeInfo>,
     pub placement: Placement,
+    /// Points per node on the placement ring, kept for re-placing partitions.
+    pub virtual_nodes: u32,
+    /// Oldest first.
     pub models: Vec<ModelRecord>,
 }
 
 impl ClusterMap {
-    /// A first map over `nodes`, all Up, with the placement they imply.
+    /// A first map over `nodes`, placing partitions on those that are Up.
     ///
     /// # Errors
-    /// When the nodes cannot hold `rf` replicas of every partition.
+    /// When the nodes cannot hold `rf` replicas of every partition, or break [`Self::check`].
     pub fn bootstrap(
-        nodes: Vec<NodeInfo>,
+        mut nodes: Vec<NodeInfo>,
         partitions: PartitionCount,
         rf: ReplicationFactor,
         virtual_nodes: u32,
     ) -> Result<Self, MapError> {
+        nodes.sort_by_key(|n| n.id);
         let up: Vec<NodeId> = nodes
             .iter()
             .filter(|n| n.state == NodeState::Up)
@@ -79,10 +150,29 @@ impl ClusterMap {
             epoch: Epoch(1),
             nodes,
             placement,
+            virtual_nodes,
             models: Vec::new(),
         };
         map.check()?;
         Ok(map)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes
+            .binary_search_by_key(&id, |n| n.id)
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    pub(crate) fn node_mut(&mut self, id: NodeId) -> Option<&mut NodeInfo> {
+        self.nodes
+            .binary_search_by_key(&id, |n| n.id)
+            .ok()
+            .map(|i| &mut self.nodes[i])
+    }
+
+    pub fn state_of(&self, id: NodeId) -> Option<NodeState> {
+        self.node(id).map(|n| n.state)
     }
 
     /// The model version requests are served from.
@@ -93,40 +183,67 @@ impl ClusterMap {
             .map(|m| &m.version)
     }
 
-    /// Records `version` as the active model; the previous active one is retired (kept for
-    /// open cursors until it is dropped).
-    pub fn activate(&mut self, version: ModelVersion) {
-        for m in &mut self.models {
-            if m.state == ModelState::Active {
-                m.state = ModelState::Retired;
-            }
-        }
-        self.models.retain(|m| m.version != version);
-        self.models.push(ModelRecord {
-            version,
-            state: ModelState::Active,
-        });
-        self.epoch = Epoch(self.epoch.0 + 1);
+    pub fn model(&self, version: &ModelVersion) -> Option<&ModelRecord> {
+        self.models.iter().find(|m| &m.version == version)
     }
 
-    /// Verifies the map's invariants: unique node ids, placement on Up members only, at most
-    /// one active model.
+    /// The partitions the placement gives `node`.
+    pub fn partitions_of(&self, node: NodeId) -> Vec<PartitionId> {
+        self.placement.partitions_of(node)
+    }
+
+    /// Partitions with at least one replica on a node that is not Up.
+    pub fn under_replicated(&self) -> usize {
+        self.placement
+            .partitions()
+            .iter()
+            .filter(|&p| {
+                self.placement
+                    .replicas(p)
+                    .iter()
+                    .any(|&n| self.state_of(n) != Some(NodeState::Up))
+            })
+            .count()
+    }
+
+    /// Verifies the map's invariants: node ids unique and sorted, placement rows of distinct
+    /// members that are neither joining nor leaving, model versions unique and at most one
+    /// active, the bounds on nodes and model records, an epoch above zero.
     ///
     /// # Errors
     /// `MapError` naming the first invariant broken.
     pub fn check(&self) -> Result<(), MapError> {
-        let mut ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
-        ids.sort_unstable();
-        if ids.windows(2).any(|w| w[0] == w[1]) {
-            return Err(MapError::Broken("duplicate node id".into()));
+        let broken = |what: String| Err(MapError::Broken(what));
+        if self.epoch == Epoch(0) {
+            return broken("epoch 0 is reserved for 'no map'".into());
         }
-        let up: Vec<NodeId> = self
+        if self.nodes.len() > NODES_MAX {
+            return broken(format!("{} nodes, at most {NODES_MAX}", self.nodes.len()));
+        }
+        if let Some(w) = self.nodes.windows(2).find(|w| w[0].id >= w[1].id) {
+            return broken(format!(
+                "node ids not unique and sorted at {} and {}",
+                w[0].id, w[1].id
+            ));
+        }
+        let holders: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|n| n.state == NodeState::Up)
+            .filter(|n| !matches!(n.state, NodeState::Joining | NodeState::Leaving))
             .map(|n| n.id)
             .collect();
-        self.placement.check(&up)?;
+        self.placement.check(&holders)?;
+        if self.models.len() > MODEL_RECORDS_MAX {
+            return broken(format!(
+                "{} model records, at most {MODEL_RECORDS_MAX}",
+                self.models.len()
+            ));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].iter().any(|o| o.version == m.version) {
+                return broken(format!("model version {} recorded twice", m.version));
+            }
+        }
         if self
             .models
             .iter()
@@ -134,54 +251,73 @@ impl ClusterMap {
             .count()
             > 1
         {
-            return Err(MapError::Broken("more than one active model".into()));
+            return broken("more than one active model".into());
         }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn nodes(n: u64) -> Vec<NodeInfo> {
+    pub(crate) fn nodes(n: u64) -> Vec<NodeInfo> {
         (1..=n)
             .map(|i| NodeInfo {
                 id: NodeId(i),
-                address: "in-process".into(),
+                address: format!("127.0.0.{}:7000", i + 1),
+                name: format!("node-{i}"),
                 state: NodeState::Up,
+                voter: i <= 3,
+                admin: None,
             })
             .collect()
     }
 
+    pub(crate) fn map(n: u64, partitions: u32, rf: u32) -> ClusterMap {
+        ClusterMap::bootstrap(
+            nodes(n),
+            PartitionCount::new(partitions).unwrap(),
+            ReplicationFactor::new(rf).unwrap(),
+            64,
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn bootstrap_and_activate_keep_the_invariants() {
-        let p = PartitionCount::new(64).unwrap();
-        let rf = ReplicationFactor::new(2).unwrap();
-        let mut map = ClusterMap::bootstrap(nodes(3), p, rf, 256).unwrap();
+    fn bootstrap_keeps_the_invariants() {
+        let map = map(3, 64, 2);
+        assert_eq!(map.epoch, Epoch(1));
         assert_eq!(map.active_model(), None);
-        let v1 = ModelVersion::new("v1").unwrap();
-        let v2 = ModelVersion::new("v2").unwrap();
-        map.activate(v1.clone());
-        map.activate(v2.clone());
-        assert_eq!(map.active_model(), Some(&v2));
-        assert_eq!(map.epoch, Epoch(3));
-        assert_eq!(
-            map.models[0],
-            ModelRecord {
-                version: v1,
-                state: ModelState::Retired
-            }
-        );
+        assert_eq!(map.under_replicated(), 0);
+        assert_eq!(map.node(NodeId(2)).unwrap().name, "node-2");
+        assert!(map.node(NodeId(9)).is_none());
         map.check().unwrap();
     }
 
     #[test]
-    fn check_refuses_duplicate_nodes() {
-        let p = PartitionCount::new(8).unwrap();
-        let rf = ReplicationFactor::new(1).unwrap();
-        let mut map = ClusterMap::bootstrap(nodes(2), p, rf, 16).unwrap();
-        map.nodes.push(map.nodes[0].clone());
-        assert!(map.check().is_err());
+    fn check_refuses_duplicate_nodes_and_two_active_models() {
+        let mut broken = map(2, 8, 1);
+        broken.nodes.push(broken.nodes[0].clone());
+        assert!(broken.check().is_err());
+        let mut broken = map(2, 8, 1);
+        for v in ["a", "b"] {
+            broken.models.push(ModelRecord {
+                version: ModelVersion::new(v).unwrap(),
+                state: ModelState::Active,
+            });
+        }
+        assert!(broken.check().unwrap_err().to_string().contains("active"));
+    }
+
+    #[test]
+    fn a_joining_node_cannot_hold_partitions() {
+        let mut broken = map(3, 16, 2);
+        broken.nodes[0].state = NodeState::Joining;
+        assert!(broken.check().is_err());
+        let mut fine = map(3, 16, 2);
+        fine.nodes[0].state = NodeState::Down;
+        fine.check().unwrap();
+        assert!(fine.under_replicated() > 0);
     }
 }

@@ -115,6 +115,41 @@ impl Placement {
         Ok(placement)
     }
 
+    /// The same table over `holders` with as little movement as possible: each partition keeps
+    /// its replicas that are still holders, in order, and gets the ones it lacks from its ring
+    /// walk over `holders` (as [`Placement::compute`] would pick them). Used when a node leaves:
+    /// only the partitions it held get a new replica, and those fetch their data from the
+    /// replicas they kept.
+    ///
+    /// # Errors
+    /// When fewer than `rf` distinct holders are given, or `virtual_nodes` is 0.
+    pub fn reassign(&self, holders: &[NodeId], virtual_nodes: u32) -> Result<Self, PlacementError> {
+        let rf = ReplicationFactor(self.rf);
+        let fresh = Self::compute(holders, self.partitions, rf, virtual_nodes)?;
+        let mut replicas = Vec::with_capacity(self.replicas.len());
+        for p in self.partitions.iter() {
+            let first = replicas.len();
+            replicas.extend(self.replicas(p).iter().filter(|n| holders.contains(n)));
+            for &n in fresh.replicas(p) {
+                if replicas.len() - first == rf.get() {
+                    break;
+                }
+                if !replicas[first..].contains(&n) {
+                    replicas.push(n);
+                }
+            }
+            // The fresh row alone has rf distinct holders, so the row is always complete.
+            debug_assert_eq!(replicas.len() - first, rf.get());
+        }
+        let placement = Self {
+            rf: self.rf,
+            partitions: self.partitions,
+            replicas,
+        };
+        placement.check(holders)?;
+        Ok(placement)
+    }
+
     pub fn replication_factor(&self) -> usize {
         self.rf as usize
     }
@@ -271,6 +306,29 @@ mod tests {
                 .filter(|&q| before.replicas(q) != after.replicas(q))
                 .all(|q| after.replicas(q) == [NodeId(5)])
         );
+    }
+
+    proptest! {
+        #[test]
+        fn reassigning_moves_only_the_rows_of_the_nodes_that_left(
+            n in 3u64..7,
+            gone in 1u64..3,
+            rf in 1u32..3,
+        ) {
+            let p = PartitionCount::new(64).unwrap();
+            let rf = ReplicationFactor::new(rf).unwrap();
+            let before = Placement::compute(&ids(n), p, rf, 16).unwrap();
+            let holders: Vec<NodeId> = ids(n).into_iter().filter(|id| id.0 != gone).collect();
+            let after = before.reassign(&holders, 16).unwrap();
+            prop_assert!(after.check(&holders).is_ok());
+            for q in p.iter() {
+                let kept: Vec<NodeId> = before.replicas(q).iter().copied().filter(|x| x.0 != gone).collect();
+                prop_assert_eq!(&after.replicas(q)[..kept.len()], &kept[..]);
+                if !before.replicas(q).contains(&NodeId(gone)) {
+                    prop_assert_eq!(after.replicas(q), before.replicas(q));
+                }
+            }
+        }
     }
 
     #[test]

@@ -297,7 +297,11 @@ async fn score_on(
     let keys: Vec<SegmentKey> = segments.iter().map(|t| t.key).collect();
     let mut request = request.clone();
     request.segments = segments;
-    match call(routee, deadline, |client| client.score_segments(request)).await {
+    match call(routee, deadline, |client| {
+        client.score_segments(request, Some(deadline))
+    })
+    .await
+    {
         Ok(reply) => {
             let (retry, answered): (Vec<SegmentKey>, Vec<SegmentKey>) =
                 keys.into_iter().partition(|k| reply.missing.contains(k));

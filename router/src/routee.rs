@@ -198,7 +198,7 @@ mod tests {
         fn node(&self) -> NodeId {
             NodeId(1)
         }
-        fn call(&self, _: Request) -> RpcFuture<Response> {
+        fn call_until(&self, _: Request, _: Option<tokio::time::Instant>) -> RpcFuture<Response> {
             Box::pin(async { Err(RpcError::Unreachable(NodeId(1), "test".into())) })
         }
     }

@@ -194,7 +194,7 @@ impl RouterState {
             async move {
                 let replicas = view.map.placement.replicas(partition).to_vec();
                 first_answer(view, &replicas, deadline, |client| {
-                    client.score_products(request.clone())
+                    client.score_products(request.clone(), Some(deadline))
                 })
                 .await
                 .map_err(|errors| {
@@ -274,7 +274,7 @@ async fn fetch_customer(
     };
     let replicas = preferred_order(view.map.placement.replicas(partition), mix64(customer));
     first_answer(view, &replicas, deadline, |client| {
-        client.fetch_customer(request.clone())
+        client.fetch_customer(request.clone(), Some(deadline))
     })
     .await
     .map_err(|errors| {

@@ -24,7 +24,6 @@ use crate::partition::Partition;
 use crate::segment::Segment;
 use crate::table::{CustomerTable, ProductTable};
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"SGRDPART";
@@ -360,16 +359,7 @@ pub fn write_partition(path: &Path, partition: &Partition) -> Result<u32, FileEr
         source,
     };
     let EncodedPartition { bytes, checksum } = encode(partition);
-    let tmp = path.with_extension("part.tmp");
-    {
-        let mut file = fs::File::create(&tmp).map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
+    crate::durable::write_atomically(path, &bytes).map_err(io)?;
     Ok(checksum)
 }
 

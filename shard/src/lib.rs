@@ -17,11 +17,13 @@
 //! - [`partition`]: a partition and its invariants.
 //! - [`builder`]: turns a stream of validated rows into partitions and a directory.
 //! - [`file`]: the on-disk partition format (magic, format version, checksum).
+//! - [`durable`]: atomic file writes and sealed (magic, format, checksum) small files.
 //! - [`reference`]: a brute-force implementation of the contract, the oracle for tests.
 //! - [`error`]: the crate's error types.
 
 pub mod builder;
 pub mod directory;
+pub mod durable;
 pub mod error;
 pub mod file;
 pub mod hashing;

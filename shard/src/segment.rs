@@ -82,10 +82,46 @@ impl Default for ScoringWeights {
 }
 
 /// A customer's category weights, sorted by category id: `a(c, g)` of the scoring rule.
+///
+/// Affinities arrive over the network, so decoding checks what [`Affinities::get`] relies on
+/// (one weight per id, ids strictly ascending, finite weights): a malformed value is a decode
+/// error naming what is wrong, never a panic in the node that scores with it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "AffinitiesFields")]
 pub struct Affinities {
     ids: Vec<CategoryId>,
     weights: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct AffinitiesFields {
+    ids: Vec<CategoryId>,
+    weights: Vec<f32>,
+}
+
+impl TryFrom<AffinitiesFields> for Affinities {
+    type Error = String;
+
+    fn try_from(fields: AffinitiesFields) -> Result<Self, String> {
+        let AffinitiesFields { ids, weights } = fields;
+        if ids.len() != weights.len() {
+            return Err(format!(
+                "affinities: {} category ids but {} weights",
+                ids.len(),
+                weights.len()
+            ));
+        }
+        if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "affinities: category ids not strictly ascending at {} then {}",
+                w[0], w[1]
+            ));
+        }
+        if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+            return Err(format!("affinities: weight {w} is not finite"));
+        }
+        Ok(Self { ids, weights })
+    }
 }
 
 impl Affinities {

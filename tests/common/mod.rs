@@ -109,12 +109,15 @@ pub fn router_with(
         .map(|i| NodeInfo {
             id: NodeId(i),
             address: "in-process".into(),
+            name: format!("node-{i}"),
             state: NodeState::Up,
+            voter: false,
+            admin: None,
         })
         .collect();
     let mut map =
         ClusterMap::bootstrap(infos, count, ReplicationFactor::new(rf).unwrap(), 64).unwrap();
-    map.activate(directory.version.clone());
+    map.activate_outside_raft(&directory.version);
     let mut clients: Vec<Arc<dyn NodeClient>> = Vec::new();
     for i in 1..=nodes {
         let node = Arc::new(Node::new(NodeId(i)));

@@ -9,6 +9,7 @@ use crate::message::{
 use std::future::Future;
 use std::pin::Pin;
 use thiserror::Error;
+use tokio::time::Instant;
 
 /// A remote call in flight. Boxed so that [`NodeClient`] can be used as a trait object.
 pub type RpcFuture<T> = Pin<Box<dyn Future<Output = Result<T, RpcError>> + Send + 'static>>;
@@ -43,9 +44,13 @@ impl RpcError {
             RpcError::Unreachable(..) => "unreachable",
             RpcError::Timeout(_) => "timeout",
             RpcError::Remote {
-                error: NodeError::UnknownVersion(_),
+                error: NodeError::UnknownVersion(_) | NodeError::StaleEpoch { .. },
                 ..
             } => "stale_map",
+            RpcError::Remote {
+                error: NodeError::DeadlineExceeded,
+                ..
+            } => "timeout",
             RpcError::Remote { .. }
             | RpcError::UnexpectedResponse(_)
             | RpcError::Transport { .. } => "node_error",
@@ -58,11 +63,24 @@ pub trait NodeClient: Send + Sync + 'static {
     /// The node this client talks to.
     fn node(&self) -> NodeId;
 
-    /// Sends one request and waits for its response.
-    fn call(&self, request: Request) -> RpcFuture<Response>;
+    /// Sends one request and waits for its response. `deadline`, when given, is when the caller
+    /// stops waiting: the node is told, and skips work it could not finish in time.
+    fn call_until(&self, request: Request, deadline: Option<Instant>) -> RpcFuture<Response>;
 
-    fn fetch_customer(&self, request: FetchCustomer) -> RpcFuture<Option<CustomerProfile>> {
-        let (node, call) = (self.node(), self.call(Request::FetchCustomer(request)));
+    /// [`NodeClient::call_until`] with the transport's own timeout.
+    fn call(&self, request: Request) -> RpcFuture<Response> {
+        self.call_until(request, None)
+    }
+
+    fn fetch_customer(
+        &self,
+        request: FetchCustomer,
+        deadline: Option<Instant>,
+    ) -> RpcFuture<Option<CustomerProfile>> {
+        let (node, call) = (
+            self.node(),
+            self.call_until(Request::FetchCustomer(request), deadline),
+        );
         Box::pin(async move {
             match call.await? {
                 Response::Customer(profile) => Ok(profile),
@@ -71,8 +89,15 @@ pub trait NodeClient: Send + Sync + 'static {
         })
     }
 
-    fn score_segments(&self, request: ScoreSegments) -> RpcFuture<ScoreSegmentsReply> {
-        let (node, call) = (self.node(), self.call(Request::ScoreSegments(request)));
+    fn score_segments(
+        &self,
+        request: ScoreSegments,
+        deadline: Option<Instant>,
+    ) -> RpcFuture<ScoreSegmentsReply> {
+        let (node, call) = (
+            self.node(),
+            self.call_until(Request::ScoreSegments(request), deadline),
+        );
         Box::pin(async move {
             match call.await? {
                 Response::Segments(reply) => Ok(reply),
@@ -81,8 +106,15 @@ pub trait NodeClient: Send + Sync + 'static {
         })
     }
 
-    fn score_products(&self, request: ScoreProducts) -> RpcFuture<ScoreProductsReply> {
-        let (node, call) = (self.node(), self.call(Request::ScoreProducts(request)));
+    fn score_products(
+        &self,
+        request: ScoreProducts,
+        deadline: Option<Instant>,
+    ) -> RpcFuture<ScoreProductsReply> {
+        let (node, call) = (
+            self.node(),
+            self.call_until(Request::ScoreProducts(request), deadline),
+        );
         Box::pin(async move {
             match call.await? {
                 Response::Products(reply) => Ok(reply),

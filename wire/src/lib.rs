@@ -11,6 +11,7 @@
 //! - [`message`]: requests, replies and the errors a node returns.
 //! - [`client`]: the [`NodeClient`] trait, the typed calls built on it and [`RpcError`].
 //! - [`admin`]: typed control-plane calls (status, directories, staging, activation).
+//! - [`epoch`]: [`EpochClock`], the map epochs a process stamps on and reads off the wire.
 //! - [`codec`]: the one module that knows the encoding (bincode 2 over serde) and the frames
 //!   (`u32` length prefix, bounded before allocation).
 //! - [`tls`]: the cluster CA, identities and their PEM files (`certs init`, `certs issue`).
@@ -19,18 +20,20 @@
 pub mod admin;
 pub mod client;
 pub mod codec;
+pub mod epoch;
 pub mod message;
 pub mod quic;
 pub mod tls;
 
 pub use client::{NodeClient, RpcError, RpcFuture};
 pub use codec::{CodecError, FRAME_BYTES_MAX_DEFAULT};
+pub use epoch::EpochClock;
 pub use message::{
     CustomerProfile, FetchCustomer, NodeError, NodeId, ProductScore, Request, Response,
     ScoreProducts, ScoreProductsReply, ScoreSegments, ScoreSegmentsReply, SegmentTake,
 };
 pub use quic::{
-    ClientEndpoint, PROTOCOL_VERSION, QuicClient, QuicServer, Service, TransportConfig,
-    TransportError,
+    Caller, ClientEndpoint, PROTOCOL_VERSION, QuicClient, QuicServer, Reply, Service,
+    TransportConfig, TransportError,
 };
-pub use tls::{CertError, ClusterCa, Identity, init_ca, issue_to_dir};
+pub use tls::{CertError, ClusterCa, Identity, PeerIdentity, Role, init_ca, issue_to_dir};

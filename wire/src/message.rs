@@ -37,6 +37,31 @@ pub enum Request {
     Activate(ModelVersion),
     /// A partition file of a hosted version: how a replica that lost one fetches it from a peer.
     ReadPartition(ReadPartition),
+    /// A Raft consensus message (append entries, vote, snapshot) between nodes, encoded by the
+    /// membership layer (`scoregrid_raft`), which owns its types.
+    Raft(Vec<u8>),
+    /// A cluster-control request (the map watch, status, membership and model commands),
+    /// encoded by the membership layer.
+    Cluster(Vec<u8>),
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::FetchCustomer(_) => "fetch_customer",
+            Request::ScoreSegments(_) => "score_segments",
+            Request::ScoreProducts(_) => "score_products",
+            Request::Status => "status",
+            Request::FetchDirectory(_) => "fetch_directory",
+            Request::StageDirectory(_) => "stage_directory",
+            Request::StagePartition(_) => "stage_partition",
+            Request::Activate(_) => "activate",
+            Request::ReadPartition(_) => "read_partition",
+            Request::Raft(_) => "raft",
+            Request::Cluster(_) => "cluster",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +76,10 @@ pub enum Response {
     /// The request was carried out and has nothing to return.
     Done,
     PartitionFile(PartitionFile),
+    /// The answer to a [`Request::Raft`], encoded by the membership layer.
+    Raft(Vec<u8>),
+    /// The answer to a [`Request::Cluster`], encoded by the membership layer.
+    Cluster(Vec<u8>),
     Error(NodeError),
 }
 
@@ -184,4 +213,14 @@ pub enum NodeError {
     BadRequest(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// The sender's cluster map is older than the receiver's: it must refresh its map before it
+    /// asks again (a stale actor is fenced).
+    #[error("stale cluster map: the sender's epoch is {sender}, this node's {receiver}")]
+    StaleEpoch { sender: u64, receiver: u64 },
+    /// The caller's certificate does not allow this request.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The caller's deadline passed before the work started: the answer would be thrown away.
+    #[error("the caller's deadline passed before the node started this work")]
+    DeadlineExceeded,
 }

@@ -72,6 +72,106 @@ pub enum CertError {
     Untrusted { name: String, reason: String },
 }
 
+/// What a certificate allows its holder to do, written in the certificate's subject as its
+/// organizational unit (`scoregrid certs issue --role`). Servers decide from it which requests a
+/// peer may make: only nodes take part in Raft and node-to-node calls; a router uses the request
+/// path and the map watch; a loader stages and activates model versions; an operator may also
+/// change membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    Node,
+    Router,
+    Loader,
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Router => "router",
+            Role::Loader => "loader",
+            Role::Operator => "operator",
+        }
+    }
+
+    /// # Errors
+    /// A message naming the roles there are.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "node" => Ok(Role::Node),
+            "router" => Ok(Role::Router),
+            "loader" => Ok(Role::Loader),
+            "operator" => Ok(Role::Operator),
+            other => Err(format!(
+                "{other:?} is not a role: node, router, loader or operator"
+            )),
+        }
+    }
+
+    /// The role a certificate name suggests when none is given: `router*`, `loader*` and
+    /// `operator*`/`client*` names get those roles, any other name is a node's.
+    pub fn for_name(name: &str) -> Self {
+        if name.starts_with("router") {
+            Role::Router
+        } else if name.starts_with("loader") {
+            Role::Loader
+        } else if name.starts_with("operator") || name.starts_with("client") {
+            Role::Operator
+        } else {
+            Role::Node
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is at the other end of a connection, read from its (verified) certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate's common name (`certs issue --name`).
+    pub name: String,
+    pub role: Role,
+}
+
+impl PeerIdentity {
+    /// Reads the name and role from a certificate this process has already verified.
+    ///
+    /// # Errors
+    /// [`CertError::Untrusted`] when the certificate does not parse, has no common name, or
+    /// names no valid role (a certificate issued without one is refused rather than guessed).
+    pub fn from_certificate(certificate: &CertificateDer<'_>) -> Result<Self, CertError> {
+        let untrusted = |reason: String| CertError::Untrusted {
+            name: "peer certificate".to_owned(),
+            reason,
+        };
+        let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+            .map_err(|error| untrusted(format!("does not parse: {error}")))?;
+        let subject = parsed.subject();
+        let name = subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or_else(|| untrusted("has no common name".to_owned()))?
+            .to_owned();
+        let role = subject
+            .iter_organizational_unit()
+            .next()
+            .and_then(|ou| ou.as_str().ok())
+            .ok_or_else(|| {
+                untrusted(format!(
+                    "{name:?} names no role (reissue it with `scoregrid certs issue --role`)"
+                ))
+            })
+            .and_then(|ou| Role::parse(ou).map_err(|e| untrusted(format!("{name:?}: {e}"))))?;
+        Ok(Self { name, role })
+    }
+}
+
 /// The process-wide crypto provider: ring, always passed explicitly. Two providers in one binary
 /// make rustls' implicit `builder()` panic at run time, so nothing here relies on a default.
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
@@ -141,13 +241,27 @@ impl ClusterCa {
     /// an IP address, [`CertError::Generate`] if rcgen fails, [`CertError::Untrusted`] if the
     /// result does not verify (a bug, or a CA file edited by hand).
     pub fn issue(&self, name: &str, subject_alt_names: &[String]) -> Result<Identity, CertError> {
-        self.issue_with_pem(name, subject_alt_names)
+        self.issue_with_role(name, Role::for_name(name), subject_alt_names)
+    }
+
+    /// As [`ClusterCa::issue`], with the role given rather than taken from the name.
+    ///
+    /// # Errors
+    /// As [`ClusterCa::issue`].
+    pub fn issue_with_role(
+        &self,
+        name: &str,
+        role: Role,
+        subject_alt_names: &[String],
+    ) -> Result<Identity, CertError> {
+        self.issue_with_pem(name, role, subject_alt_names)
             .map(|issued| issued.identity)
     }
 
     fn issue_with_pem(
         &self,
         name: &str,
+        role: Role,
         subject_alt_names: &[String],
     ) -> Result<IssuedIdentity, CertError> {
         check_name(name)?;
@@ -170,6 +284,7 @@ impl ClusterCa {
         let mut distinguished_name = DistinguishedName::new();
         distinguished_name.push(DnType::CommonName, name);
         distinguished_name.push(DnType::OrganizationName, self.cluster_name.as_str());
+        distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
         params.distinguished_name = distinguished_name;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -191,6 +306,16 @@ impl ClusterCa {
         };
         // Pair assertion: what we just signed must pass the verifiers the transport uses.
         identity.verify(name)?;
+        let read_back = PeerIdentity::from_certificate(certificate.der())?;
+        if read_back.name != name || read_back.role != role {
+            return Err(CertError::Untrusted {
+                name: name.to_owned(),
+                reason: format!(
+                    "reads back as {:?} with role {}",
+                    read_back.name, read_back.role
+                ),
+            });
+        }
         for alt_name in std::iter::once(name).chain(subject_alt_names.iter().map(String::as_str)) {
             identity.verify_server_name(name, alt_name)?;
         }
@@ -295,6 +420,7 @@ pub fn init_ca(dir: &Path) -> Result<ClusterCa, CertError> {
 pub fn issue_to_dir(
     dir: &Path,
     name: &str,
+    role: Role,
     subject_alt_names: &[String],
 ) -> Result<Identity, CertError> {
     check_name(name)?;
@@ -312,7 +438,7 @@ pub fn issue_to_dir(
         }
     }
     let ca = ClusterCa::load_from_dir(dir)?;
-    let issued = ca.issue_with_pem(name, subject_alt_names)?;
+    let issued = ca.issue_with_pem(name, role, subject_alt_names)?;
     write_new_file(&key_path, issued.key_pem.as_bytes(), true)?;
     write_new_file(&certificate_path, issued.certificate_pem.as_bytes(), false)?;
     Ok(issued.identity)
@@ -699,6 +825,38 @@ mod der {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Proves a certificate names its role and name as issued, and one without a role is
+    /// refused by name rather than given a guessed role.
+    #[test]
+    fn roles_are_read_from_certificates_and_a_missing_one_is_refused() {
+        let ca = ClusterCa::generate("test").expect("CA");
+        for (name, role) in [
+            ("node-1", Role::Node),
+            ("router", Role::Router),
+            ("loader", Role::Loader),
+            ("client", Role::Operator),
+        ] {
+            let identity = ca.issue(name, &[]).expect("issued");
+            let peer = PeerIdentity::from_certificate(&identity.chain()[0]).expect("parses");
+            assert_eq!((peer.name.as_str(), peer.role), (name, role));
+        }
+        let identity = ca
+            .issue_with_role("ops-7", Role::Operator, &[])
+            .expect("issued");
+        let peer = PeerIdentity::from_certificate(&identity.chain()[0]).expect("parses");
+        assert_eq!(peer.role, Role::Operator);
+
+        let mut params = CertificateParams::new(vec!["legacy".to_owned()]).expect("params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "legacy");
+        params.distinguished_name = dn;
+        let key = KeyPair::generate().expect("key");
+        let legacy = params.self_signed(&key).expect("signed");
+        let error = PeerIdentity::from_certificate(legacy.der()).expect_err("no role");
+        assert!(error.to_string().contains("names no role"), "{error}");
+        assert!(Role::parse("admin").unwrap_err().contains("not a role"));
+    }
 
     /// Proves the DER reader recovers the subject rcgen wrote, so a CA loaded from disk signs
     /// with the same issuer name (checked end to end by the verification inside `issue`).

@@ -5,7 +5,9 @@
 mod support;
 
 use scoregrid_wire::tls::{CA_CERTIFICATE_FILE, CA_KEY_FILE};
-use scoregrid_wire::{CertError, Identity, NodeClient, NodeId, QuicClient, init_ca, issue_to_dir};
+use scoregrid_wire::{
+    CertError, Identity, NodeClient, NodeId, QuicClient, Role, init_ca, issue_to_dir,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +27,15 @@ fn load(dir: &Path, name: &str) -> Result<Identity, CertError> {
 async fn files_written_by_init_and_issue_load_and_connect() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_ca(dir.path()).expect("CA created");
-    issue_to_dir(dir.path(), "n1", &["127.0.0.1".to_owned()]).expect("node identity issued");
-    issue_to_dir(dir.path(), "router", &[]).expect("router identity issued");
+    issue_to_dir(
+        dir.path(),
+        "n1",
+        Role::for_name("n1"),
+        &["127.0.0.1".to_owned()],
+    )
+    .expect("node identity issued");
+    issue_to_dir(dir.path(), "router", Role::for_name("router"), &[])
+        .expect("router identity issued");
     let node = load(dir.path(), "n1").expect("node identity loads");
     let router = load(dir.path(), "router").expect("router identity loads");
 
@@ -68,7 +77,7 @@ fn keys_are_written_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     init_ca(dir.path()).expect("CA created");
-    issue_to_dir(dir.path(), "n1", &[]).expect("issued");
+    issue_to_dir(dir.path(), "n1", Role::for_name("n1"), &[]).expect("issued");
     for key in [CA_KEY_FILE, "n1.key"] {
         let mode = std::fs::metadata(dir.path().join(key))
             .expect("key exists")
@@ -98,8 +107,9 @@ fn nothing_is_overwritten() {
         key_before
     );
 
-    issue_to_dir(dir.path(), "n1", &[]).expect("issued");
-    let error = issue_to_dir(dir.path(), "n1", &[]).expect_err("a second n1 must be refused");
+    issue_to_dir(dir.path(), "n1", Role::for_name("n1"), &[]).expect("issued");
+    let error = issue_to_dir(dir.path(), "n1", Role::for_name("n1"), &[])
+        .expect_err("a second n1 must be refused");
     assert!(matches!(error, CertError::FileExists { .. }), "{error}");
     load(dir.path(), "n1").expect("the first n1 still loads");
 }
@@ -109,7 +119,7 @@ fn nothing_is_overwritten() {
 fn a_broken_file_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_ca(dir.path()).expect("CA created");
-    issue_to_dir(dir.path(), "n1", &[]).expect("issued");
+    issue_to_dir(dir.path(), "n1", Role::for_name("n1"), &[]).expect("issued");
 
     let certificate = dir.path().join("n1.pem");
     std::fs::write(&certificate, "this is not a certificate\n").expect("overwritten");
@@ -122,7 +132,7 @@ fn a_broken_file_is_named() {
         "{error}"
     );
 
-    issue_to_dir(dir.path(), "n2", &[]).expect("issued");
+    issue_to_dir(dir.path(), "n2", Role::for_name("n2"), &[]).expect("issued");
     let key = dir.path().join("n2.key");
     std::fs::write(
         &key,
@@ -144,7 +154,8 @@ fn a_broken_file_is_named() {
 
     let ca_key = dir.path().join(CA_KEY_FILE);
     std::fs::write(&ca_key, "garbage").expect("overwritten");
-    let error = issue_to_dir(dir.path(), "n4", &[]).expect_err("a broken CA key must be refused");
+    let error = issue_to_dir(dir.path(), "n4", Role::for_name("n4"), &[])
+        .expect_err("a broken CA key must be refused");
     assert!(
         error.to_string().contains(&ca_key.display().to_string()),
         "{error}"
@@ -158,7 +169,7 @@ fn a_certificate_of_another_ca_does_not_load() {
     let theirs = tempfile::tempdir().expect("tempdir");
     init_ca(ours.path()).expect("CA created");
     init_ca(theirs.path()).expect("CA created");
-    issue_to_dir(theirs.path(), "n1", &[]).expect("issued");
+    issue_to_dir(theirs.path(), "n1", Role::Node, &[]).expect("issued");
     let error = Identity::load(
         &ours.path().join(CA_CERTIFICATE_FILE),
         &theirs.path().join("n1.pem"),

@@ -108,6 +108,11 @@ fn float() -> impl Strategy<Value = f32> {
     ]
 }
 
+/// Finite values, signed zeros and subnormals included (what a customer's weights may be).
+fn finite_float() -> impl Strategy<Value = f32> {
+    float().prop_map(|f| if f.is_finite() { f } else { 0.5 })
+}
+
 fn floats() -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(float(), 0..16)
 }
@@ -192,7 +197,9 @@ fn every_variant_has_a_strategy(request: &Request, response: &Response) {
         | Request::StageDirectory(_)
         | Request::StagePartition(_)
         | Request::Activate(_)
-        | Request::ReadPartition(_) => {}
+        | Request::ReadPartition(_)
+        | Request::Raft(_)
+        | Request::Cluster(_) => {}
     }
     match response {
         Response::Customer(_)
@@ -203,6 +210,8 @@ fn every_variant_has_a_strategy(request: &Request, response: &Response) {
         | Response::Staged(_)
         | Response::Done
         | Response::PartitionFile(_)
+        | Response::Raft(_)
+        | Response::Cluster(_)
         | Response::Error(_) => {}
     }
 }
@@ -214,7 +223,7 @@ fn request() -> impl Strategy<Value = Request> {
     let segments = (
         version(),
         prop::option::of(floats()),
-        prop::collection::vec((any::<u32>(), float()), 0..8),
+        prop::collection::vec((any::<u32>(), finite_float()), 0..8),
         (float(), float()),
         prop::option::of(any::<u32>()),
         prop::collection::vec((segment_key(), any::<u32>()), 0..8),
@@ -260,6 +269,8 @@ fn request() -> impl Strategy<Value = Request> {
                 partition: PartitionId(partition),
             })
         }),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Request::Raft),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Request::Cluster),
     ];
     prop_oneof![fetch, segments, products, control]
 }
@@ -309,6 +320,10 @@ fn response() -> impl Strategy<Value = Response> {
         version().prop_map(NodeError::UnknownVersion),
         ".{0,40}".prop_map(NodeError::BadRequest),
         ".{0,40}".prop_map(NodeError::Refused),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(sender, receiver)| NodeError::StaleEpoch { sender, receiver }),
+        ".{0,40}".prop_map(NodeError::NotAllowed),
+        Just(NodeError::DeadlineExceeded),
     ]
     .prop_map(Response::Error);
     let control = prop_oneof![
@@ -324,6 +339,8 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::Done),
         prop::collection::vec(any::<u8>(), 0..64)
             .prop_map(|bytes| Response::PartitionFile(PartitionFile { bytes })),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Response::Raft),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Response::Cluster),
     ];
     prop_oneof![customer, segments, products, error, control]
 }
@@ -387,6 +404,46 @@ proptest! {
             .now_or_never()
             .expect("reading from memory must not wait");
         prop_assert!(whole.is_ok());
+    }
+}
+
+/// Proves affinities that would make a node index out of bounds or rank by NaN are refused when
+/// the request is decoded, with a message naming the fault.
+#[test]
+fn malformed_affinities_are_refused_at_decode() {
+    #[derive(Serialize)]
+    struct Fields {
+        ids: Vec<u32>,
+        weights: Vec<f32>,
+    }
+    for (fields, expected) in [
+        (
+            Fields {
+                ids: vec![1, 2, 3],
+                weights: vec![0.5],
+            },
+            "3 category ids but 1 weights",
+        ),
+        (
+            Fields {
+                ids: vec![2, 1],
+                weights: vec![0.5, 0.5],
+            },
+            "not strictly ascending",
+        ),
+        (
+            Fields {
+                ids: vec![1],
+                weights: vec![f32::NAN],
+            },
+            "not finite",
+        ),
+    ] {
+        let bytes = codec::encode(&fields).expect("encodes");
+        let error = codec::decode::<Affinities>(&bytes)
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains(expected), "{error}");
     }
 }
 

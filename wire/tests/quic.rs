@@ -9,8 +9,8 @@ use futures_util::future::join_all;
 use scoregrid_wire::codec;
 use scoregrid_wire::quic::{Hello, HelloReply};
 use scoregrid_wire::{
-    ClientEndpoint, Identity, NodeClient, NodeError, NodeId, QuicClient, Request, Response,
-    RpcError, ScoreProducts, TransportConfig,
+    Caller, ClientEndpoint, Identity, NodeClient, NodeError, NodeId, PROTOCOL_VERSION, QuicClient,
+    Reply, Request, Response, Role, RpcError, ScoreProducts, Service, TransportConfig,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -194,8 +194,9 @@ async fn another_protocol_version_is_incompatible_quickly() {
         test_config(),
         service.clone(),
     );
+    let (ours, theirs) = (PROTOCOL_VERSION, PROTOCOL_VERSION + 1);
     let newer = TransportConfig {
-        protocol_version: 2,
+        protocol_version: theirs,
         ..test_config()
     };
     let client = quic_client(N1, server.addr, &identity(&ca, "router"), newer.clone());
@@ -209,7 +210,8 @@ async fn another_protocol_version_is_incompatible_quickly() {
     };
     assert_eq!(*node, N1);
     assert!(
-        reason.contains("speaks protocol 1") && reason.contains("this process 2"),
+        reason.contains(&format!("speaks protocol {ours}"))
+            && reason.contains(&format!("this process {theirs}")),
         "the reason must name both versions: {reason}"
     );
     eprintln!("refused in {:?}: {error}", started.elapsed());
@@ -230,8 +232,10 @@ async fn another_protocol_version_is_incompatible_quickly() {
         .expect("refused within 1 s, not hung")
         .expect_err("another version must be refused");
     assert!(
-        error.to_string().contains("speaks protocol 2")
-            && error.to_string().contains("this process 1"),
+        error
+            .to_string()
+            .contains(&format!("speaks protocol {theirs}"))
+            && error.to_string().contains(&format!("this process {ours}")),
         "the reason must name both versions: {error}"
     );
     assert_eq!(service.calls(), 0);
@@ -489,7 +493,9 @@ async fn raw_hello(
     use rustls::pki_types::pem::PemObject;
     let dir = tempfile::tempdir().expect("tempdir");
     ca.write_to_dir(dir.path()).expect("CA written");
-    let tool = scoregrid_wire::issue_to_dir(dir.path(), "tool", &[]).expect("issued");
+    let tool =
+        scoregrid_wire::issue_to_dir(dir.path(), "tool", scoregrid_wire::Role::Operator, &[])
+            .expect("issued");
     let key = PrivateKeyDer::from_pem_file(dir.path().join("tool.key")).expect("key");
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -539,11 +545,12 @@ async fn the_server_checks_the_hello_itself() {
         service.clone(),
     );
 
+    let (ours, theirs) = (PROTOCOL_VERSION, PROTOCOL_VERSION + 1);
     let (reply, closed) = raw_hello(
         &ca,
         server.addr,
         &Hello {
-            protocol_version: 2,
+            protocol_version: theirs,
             expected_node: Some(N1),
         },
         Duration::from_secs(2),
@@ -557,9 +564,9 @@ async fn the_server_checks_the_hello_itself() {
     else {
         panic!("expected Refused, got {reply:?}");
     };
-    assert_eq!((node, protocol_version), (N1, 1));
+    assert_eq!((node, protocol_version), (N1, ours));
     assert!(
-        reason.contains("protocol 1") && reason.contains("peer 2"),
+        reason.contains(&format!("protocol {ours}")) && reason.contains(&format!("peer {theirs}")),
         "{reason}"
     );
     let Some(quinn::ConnectionError::ApplicationClosed(close)) = closed else {
@@ -575,7 +582,7 @@ async fn the_server_checks_the_hello_itself() {
         &ca,
         server.addr,
         &Hello {
-            protocol_version: 1,
+            protocol_version: ours,
             expected_node: Some(NodeId(9)),
         },
         Duration::from_secs(2),
@@ -594,7 +601,7 @@ async fn the_server_checks_the_hello_itself() {
         &ca,
         server.addr,
         &Hello {
-            protocol_version: 1,
+            protocol_version: ours,
             expected_node: None,
         },
         Duration::from_millis(300),
@@ -604,7 +611,7 @@ async fn the_server_checks_the_hello_itself() {
         reply,
         HelloReply::Welcome {
             node: N1,
-            protocol_version: 1
+            protocol_version: ours
         }
     );
     assert!(closed.is_none(), "a welcomed connection stays open");
@@ -658,4 +665,71 @@ async fn slow_control_calls_do_not_block_the_request_path() {
         assert_eq!(response, Response::Done);
     }
     server.stop().await;
+}
+
+/// Records who called: the name and role of the caller's certificate, its epoch, and how long
+/// it said it would wait.
+#[derive(Default)]
+struct WhoCalled {
+    seen: std::sync::Mutex<Vec<(String, Role, u64, Duration)>>,
+}
+
+impl Service for WhoCalled {
+    fn call(&self, _request: Request, caller: Caller) -> Reply {
+        let left = caller
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        self.seen.lock().expect("lock").push((
+            caller.peer.name.clone(),
+            caller.peer.role,
+            caller.epoch,
+            left,
+        ));
+        Reply::Ready(Response::Done)
+    }
+}
+
+/// Proves the server hands its service the caller's certificate name and role, the caller's map
+/// epoch and deadline, and that each side learns the other's epoch from the envelopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_sees_who_calls_and_both_sides_learn_the_epochs() {
+    let ca = ca("test");
+    let service = Arc::new(WhoCalled::default());
+    let server =
+        scoregrid_wire::QuicServer::bind(localhost(), &identity(&ca, "n1"), N1, test_config())
+            .expect("binds");
+    server.clock().set_own(7);
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(service.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let endpoint = ClientEndpoint::bind(localhost(), &identity(&ca, "router-a"), test_config())
+        .expect("endpoint");
+    endpoint.clock().set_own(3);
+    let client = QuicClient::with_endpoint(&endpoint, N1, addr, "n1".into()).expect("client");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+    let response = client
+        .call_until(Request::Status, Some(deadline))
+        .await
+        .expect("answered");
+    assert_eq!(response, Response::Done);
+    let seen = service.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let (name, role, epoch, left) = &seen[0];
+    assert_eq!(
+        (name.as_str(), *role, *epoch),
+        ("router-a", Role::Router, 3)
+    );
+    assert!(
+        *left <= Duration::from_millis(400),
+        "the caller's deadline travels: {left:?}"
+    );
+    assert_eq!(
+        endpoint.clock().observed(),
+        7,
+        "the client learns the node's epoch"
+    );
+    let _ = stop.send(());
+    let _ = timeout(Duration::from_secs(5), task).await;
 }

@@ -5,10 +5,11 @@
 
 use super::{
     CLOSE_INCOMPATIBLE, CLOSE_NORMAL, CLOSE_SHUTDOWN, HELLO_BYTES_MAX, Hello, HelloReply,
-    RequestEnvelope, TransportConfig, TransportError, client_config,
+    RequestEnvelope, ResponseEnvelope, TransportConfig, TransportError, client_config,
 };
 use crate::client::{NodeClient, RpcError, RpcFuture};
 use crate::codec::{self, CodecError};
+use crate::epoch::EpochClock;
 use crate::message::{NodeId, Request, Response};
 use crate::tls::Identity;
 use quinn::{Connection, ConnectionError, ReadError, TransportErrorCode, VarInt, WriteError};
@@ -28,6 +29,7 @@ pub struct ClientEndpoint {
     local_addr: SocketAddr,
     client_config: quinn::ClientConfig,
     config: Arc<TransportConfig>,
+    clock: Arc<EpochClock>,
 }
 
 impl ClientEndpoint {
@@ -55,7 +57,30 @@ impl ClientEndpoint {
             local_addr,
             client_config,
             config: Arc::new(config),
+            clock: Arc::default(),
         })
+    }
+
+    /// An endpoint over a socket that also serves (see `QuicServer::client_endpoint`).
+    pub(crate) fn from_parts(
+        endpoint: quinn::Endpoint,
+        local_addr: SocketAddr,
+        client_config: quinn::ClientConfig,
+        config: Arc<TransportConfig>,
+        clock: Arc<EpochClock>,
+    ) -> Self {
+        Self {
+            endpoint,
+            local_addr,
+            client_config,
+            config,
+            clock,
+        }
+    }
+
+    /// The epochs this endpoint stamps on its requests and observes on the answers.
+    pub fn clock(&self) -> &Arc<EpochClock> {
+        &self.clock
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -96,6 +121,9 @@ pub struct QuicClient {
 
 struct ClientInner {
     node: NodeId,
+    /// Whether the Hello insists on reaching `node` (false for a client to an address whose
+    /// node is not known yet: `--cluster ADDR`).
+    expect_node: bool,
     addr: SocketAddr,
     server_name: String,
     endpoint: ClientEndpoint,
@@ -144,6 +172,30 @@ impl QuicClient {
         addr: SocketAddr,
         server_name: String,
     ) -> Result<Self, TransportError> {
+        Self::build(endpoint, node, true, addr, server_name)
+    }
+
+    /// A client to whichever node listens at `addr` (its id is not known: an operator's
+    /// `--cluster ADDR`). `server_name` is checked by TLS as usual; the node's IP address, which
+    /// node certificates carry as an alternative name, serves when its name is not known.
+    ///
+    /// # Errors
+    /// As [`QuicClient::with_endpoint`].
+    pub fn to_address(
+        endpoint: &ClientEndpoint,
+        addr: SocketAddr,
+        server_name: String,
+    ) -> Result<Self, TransportError> {
+        Self::build(endpoint, NodeId(0), false, addr, server_name)
+    }
+
+    fn build(
+        endpoint: &ClientEndpoint,
+        node: NodeId,
+        expect_node: bool,
+        addr: SocketAddr,
+        server_name: String,
+    ) -> Result<Self, TransportError> {
         ServerName::try_from(server_name.as_str()).map_err(|error| TransportError::ServerName {
             name: server_name.clone(),
             reason: error.to_string(),
@@ -151,6 +203,7 @@ impl QuicClient {
         Ok(Self {
             inner: Arc::new(ClientInner {
                 node,
+                expect_node,
                 addr,
                 server_name,
                 endpoint: endpoint.clone(),
@@ -175,9 +228,13 @@ impl NodeClient for QuicClient {
         self.inner.node
     }
 
-    fn call(&self, request: Request) -> RpcFuture<Response> {
+    fn call_until(
+        &self,
+        request: Request,
+        deadline: Option<tokio::time::Instant>,
+    ) -> RpcFuture<Response> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.call(request).await })
+        Box::pin(async move { inner.call(request, deadline).await })
     }
 }
 
@@ -199,10 +256,26 @@ impl ClientInner {
         &self.endpoint.config
     }
 
-    async fn call(&self, request: Request) -> Result<Response, RpcError> {
+    async fn call(
+        &self,
+        request: Request,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Response, RpcError> {
         let config = self.config();
+        // The server learns how long this caller waits: the caller's own deadline when it has a
+        // shorter one than the transport's timeout (a router's request deadline).
+        let deadline_ms = match deadline {
+            Some(at) => {
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
+                u32::try_from(left.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .min(config.deadline_ms())
+            }
+            None => config.deadline_ms(),
+        };
         let envelope = RequestEnvelope {
-            deadline_ms: config.deadline_ms(),
+            deadline_ms,
+            epoch: self.endpoint.clock.own(),
             request,
         };
         // Encoded first: a request over the bound fails without touching the network.
@@ -233,8 +306,10 @@ impl ClientInner {
         let payload = codec::read_frame(&mut recv, self.config().frame_bytes_max)
             .await
             .map_err(|error| self.read_error(error, "response"))?;
-        codec::decode::<Response>(&payload)
-            .map_err(|error| self.transport(format!("response does not decode: {error}")))
+        let envelope = codec::decode::<ResponseEnvelope>(&payload)
+            .map_err(|error| self.transport(format!("response does not decode: {error}")))?;
+        self.endpoint.clock.observe(envelope.epoch);
+        Ok(envelope.response)
     }
 
     /// The live connection, if it is still open.
@@ -340,7 +415,7 @@ impl ClientInner {
         let ours = self.config().protocol_version;
         let hello = Hello {
             protocol_version: ours,
-            expected_node: Some(self.node),
+            expected_node: self.expect_node.then_some(self.node),
         };
         let frame = codec::encode_frame(&hello, HELLO_BYTES_MAX)
             .map_err(|error| self.transport(format!("hello not sent: {error}")))?;
@@ -371,7 +446,7 @@ impl ClientInner {
                         "node {node} speaks protocol {protocol_version}, this process {ours}"
                     )));
                 }
-                if node != self.node {
+                if self.expect_node && node != self.node {
                     return Err(self.incompatible(format!(
                         "expected node {} at {}, reached node {node}",
                         self.node, self.addr

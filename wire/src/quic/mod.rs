@@ -18,7 +18,7 @@ mod client;
 mod server;
 
 pub use client::{ClientEndpoint, QuicClient};
-pub use server::{QuicServer, Service};
+pub use server::{Caller, QuicServer, Reply, Service};
 
 use crate::codec::FRAME_BYTES_MAX_DEFAULT;
 use crate::message::{NodeId, Request};
@@ -34,7 +34,9 @@ use thiserror::Error;
 /// The version of everything sent after the Hello exchange. Two processes talk only if theirs
 /// are equal; bump it with any change to [`RequestEnvelope`], [`Request`] or
 /// [`Response`](crate::Response) that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: envelopes carry the sender's map epoch; Raft and cluster-control requests.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The TLS application protocol (ALPN) every scoregrid endpoint offers and requires: a peer that
 /// is not scoregrid at all fails the TLS handshake instead of reaching the Hello.
@@ -84,13 +86,23 @@ pub enum HelloReply {
     },
 }
 
-/// One call: the request and the time the caller will wait for it.
+/// One call: the request, the time the caller will wait for it, and its map epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestEnvelope {
-    /// Milliseconds the caller waits from sending. The server stops writing a response once it
-    /// has passed (capped by its own [`TransportConfig::request_timeout`]).
+    /// Milliseconds the caller waits from sending. The server tells the service when that time
+    /// is up (a node skips work whose answer would arrive too late) and stops writing a response
+    /// once it has passed (capped by its own [`TransportConfig::request_timeout`]).
     pub deadline_ms: u32,
+    /// The epoch of the caller's cluster map (0: it has none).
+    pub epoch: u64,
     pub request: Request,
+}
+
+/// One answer and the epoch of the answering process's map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub epoch: u64,
+    pub response: crate::message::Response,
 }
 
 /// Bounds and timings of the transport, shared by servers and clients. Every field is a bound;

@@ -7,40 +7,68 @@
 
 use super::{
     CLOSE_INCOMPATIBLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, HELLO_BYTES_MAX, Hello, HelloReply,
-    RequestEnvelope, STREAM_ABANDONED, TransportConfig, TransportError, server_config,
+    RequestEnvelope, ResponseEnvelope, STREAM_ABANDONED, TransportConfig, TransportError,
+    client_config, server_config,
 };
 use crate::codec::{self, CodecError};
+use crate::epoch::EpochClock;
 use crate::message::{NodeError, NodeId, Request, Response};
-use crate::tls::Identity;
+use crate::tls::{Identity, PeerIdentity};
 use quinn::{Connection, Incoming, RecvStream, SendStream, VarInt};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
-/// What a server does with a request. Synchronous on purpose: a node's work is CPU work over
-/// memory it already holds.
-///
-/// Where it runs: the request path (`FetchCustomer`, `ScoreSegments`, `ScoreProducts`: micro- to
-/// milliseconds) runs inline on the stream's task, a tokio worker, since a hop to another thread
-/// would cost more than the work. Every other request (the control plane: status, staging files
-/// to disk, activation) may block on the disk for longer, so it runs on tokio's blocking pool
-/// (`spawn_blocking`, at most 512 threads by tokio's default, and at most
-/// [`TransportConfig::streams_max`] at once per connection) and never stalls the workers that
-/// serve the request path.
-pub trait Service: Send + Sync + 'static {
-    fn call(&self, request: Request) -> Response;
+/// Who sent a request, as the server established it: the peer's certificate (verified against
+/// the cluster CA at the handshake), its address, the epoch of its map and when its answer is
+/// due.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub peer: PeerIdentity,
+    pub addr: SocketAddr,
+    /// The caller's map epoch (0: it has none).
+    pub epoch: u64,
+    /// When the caller stops waiting: work that cannot finish by then is wasted.
+    pub deadline: Instant,
 }
 
-impl<F> Service for F
-where
-    F: Fn(Request) -> Response + Send + Sync + 'static,
-{
-    fn call(&self, request: Request) -> Response {
-        self(request)
+impl Caller {
+    /// A caller inside this process (the demo's direct calls, tests): trusted as an operator.
+    pub fn in_process(deadline: Instant) -> Self {
+        Self {
+            peer: PeerIdentity {
+                name: "in-process".to_owned(),
+                role: crate::tls::Role::Operator,
+            },
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            epoch: 0,
+            deadline,
+        }
     }
+}
+
+/// How a service answers, which decides where the work runs:
+/// - `Ready`: answered on the stream's task, a tokio worker (the request path: micro- to
+///   milliseconds of CPU over memory already held, where a hop to another thread would cost
+///   more than the work);
+/// - `Blocking`: on tokio's blocking pool (at most 512 threads by tokio's default, and at most
+///   [`TransportConfig::streams_max`] at once per connection), for work that may block on the
+///   disk (staging, activation) and must never stall the workers of the request path;
+/// - `Later`: a future awaited on the stream's task (Raft messages, the map watch), bounded by
+///   the caller's deadline.
+pub enum Reply {
+    Ready(Response),
+    Blocking(Box<dyn FnOnce() -> Response + Send + 'static>),
+    Later(Pin<Box<dyn Future<Output = Response> + Send + 'static>>),
+}
+
+/// What a server does with a request (see [`Reply`] for where it runs).
+pub trait Service: Send + Sync + 'static {
+    fn call(&self, request: Request, caller: Caller) -> Reply;
 }
 
 /// A bound QUIC endpoint that serves one node. Create it with [`QuicServer::bind`], then run
@@ -50,6 +78,7 @@ pub struct QuicServer {
     local_addr: SocketAddr,
     node: NodeId,
     config: Arc<TransportConfig>,
+    clock: Arc<EpochClock>,
 }
 
 /// What every connection and stream task of one server shares.
@@ -57,6 +86,7 @@ struct Shared {
     node: NodeId,
     config: Arc<TransportConfig>,
     service: Arc<dyn Service>,
+    clock: Arc<EpochClock>,
 }
 
 impl QuicServer {
@@ -83,7 +113,32 @@ impl QuicServer {
             local_addr,
             node,
             config: Arc::new(config),
+            clock: Arc::default(),
         })
+    }
+
+    /// The epochs this server stamps and observes; shared with [`QuicServer::client_endpoint`].
+    pub fn clock(&self) -> &Arc<EpochClock> {
+        &self.clock
+    }
+
+    /// A client endpoint on this server's own UDP socket: the node's calls to its peers leave
+    /// from its listening address, so a firewall rule or a network namespace on that address
+    /// cuts the node off in both directions, as on a real network.
+    ///
+    /// # Errors
+    /// As [`ClientEndpoint::bind`](super::ClientEndpoint::bind) for the TLS configuration.
+    pub fn client_endpoint(
+        &self,
+        identity: &Identity,
+    ) -> Result<super::ClientEndpoint, TransportError> {
+        Ok(super::ClientEndpoint::from_parts(
+            self.endpoint.clone(),
+            self.local_addr,
+            client_config(identity, &self.config)?,
+            self.config.clone(),
+            self.clock.clone(),
+        ))
     }
 
     /// The address the server listens on (with the port chosen when bound to port 0).
@@ -105,6 +160,7 @@ impl QuicServer {
             node: self.node,
             config: self.config.clone(),
             service,
+            clock: self.clock.clone(),
         });
         let connections = Arc::new(Semaphore::new(self.config.connections_max as usize));
         // `stop` tells connection tasks to accept no more streams; every task holds a clone of
@@ -202,6 +258,14 @@ async fn serve_connection(
         }
     }
 
+    let identity = match peer_identity(&connection) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            info!(%node, %peer, %reason, "peer refused: its certificate names no usable role");
+            connection.close(VarInt::from_u32(CLOSE_INCOMPATIBLE), reason.as_bytes());
+            return;
+        }
+    };
     // This connection's own barrier: its stream tasks hold clones of `streams`.
     let (streams, mut streams_done) = mpsc::channel::<()>(1);
     loop {
@@ -215,7 +279,7 @@ async fn serve_connection(
                     send,
                     recv,
                     shared.clone(),
-                    peer,
+                    (peer, identity.clone()),
                     [in_flight.clone(), streams.clone()],
                 ));
             }
@@ -291,25 +355,36 @@ async fn hello(connection: &Connection, shared: &Shared) -> Result<(), HelloOutc
     }
 }
 
-/// Runs the service inline for the request path, on the blocking pool for the rest (see
-/// [`Service`]).
-async fn call_service(shared: &Arc<Shared>, request: Request) -> Response {
-    let inline = matches!(
-        request,
-        Request::FetchCustomer(_) | Request::ScoreSegments(_) | Request::ScoreProducts(_)
-    );
-    if inline {
-        return shared.service.call(request);
-    }
-    let service = shared.service.clone();
-    match tokio::task::spawn_blocking(move || service.call(request)).await {
-        Ok(response) => response,
-        Err(error) => {
-            warn!(node = %shared.node, %error, "the service failed on a request");
-            Response::Error(NodeError::BadRequest(format!(
-                "the node failed on this request: {error}"
-            )))
-        }
+/// The peer's name and role from the certificate it presented (already verified by TLS).
+fn peer_identity(connection: &Connection) -> Result<PeerIdentity, String> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| "no client certificate".to_owned())?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| "an empty certificate chain".to_owned())?;
+    PeerIdentity::from_certificate(leaf).map_err(|error| error.to_string())
+}
+
+/// Runs the service's answer where [`Reply`] says.
+async fn call_service(shared: &Arc<Shared>, request: Request, caller: Caller) -> Response {
+    let kind = request.kind();
+    match shared.service.call(request, caller) {
+        Reply::Ready(response) => response,
+        Reply::Later(future) => future.await,
+        Reply::Blocking(work) => match tokio::task::spawn_blocking(work).await {
+            Ok(response) => response,
+            Err(error) => {
+                warn!(node = %shared.node, kind, %error, "the service failed on a request");
+                Response::Error(NodeError::BadRequest(format!(
+                    "the node failed on this request: {error}"
+                )))
+            }
+        },
     }
 }
 
@@ -320,7 +395,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    (peer, identity): (SocketAddr, PeerIdentity),
     _barriers: [mpsc::Sender<()>; 2],
 ) {
     let started = Instant::now();
@@ -355,7 +430,17 @@ async fn serve_stream(
         Ok(envelope) => {
             let deadline = std::time::Duration::from_millis(u64::from(envelope.deadline_ms))
                 .min(config.request_timeout);
-            (call_service(&shared, envelope.request).await, deadline)
+            shared.clock.observe(envelope.epoch);
+            let caller = Caller {
+                peer: identity,
+                addr: peer,
+                epoch: envelope.epoch,
+                deadline: started + deadline,
+            };
+            (
+                call_service(&shared, envelope.request, caller).await,
+                deadline,
+            )
         }
         Err(error) => {
             debug!(%node, %peer, %error, "bad request frame");
@@ -368,12 +453,18 @@ async fn serve_stream(
         }
     };
 
-    let frame = match codec::encode_frame(&response, frame_bytes_max) {
+    let epoch = shared.clock.own();
+    let envelope = ResponseEnvelope { epoch, response };
+    let frame = match codec::encode_frame(&envelope, frame_bytes_max) {
         Ok(frame) => frame,
         Err(error) => {
             warn!(%node, %peer, %error, "response refused by the frame bound");
-            let refusal =
-                Response::Error(NodeError::BadRequest(format!("response refused: {error}")));
+            let refusal = ResponseEnvelope {
+                epoch,
+                response: Response::Error(NodeError::BadRequest(format!(
+                    "response refused: {error}"
+                ))),
+            };
             match codec::encode_frame(&refusal, frame_bytes_max) {
                 Ok(frame) => frame,
                 Err(_) => {

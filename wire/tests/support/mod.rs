@@ -6,8 +6,8 @@
 use scoregrid_shard::ModelVersion;
 use scoregrid_wire::quic::QuicServer;
 use scoregrid_wire::{
-    ClusterCa, FetchCustomer, Identity, NodeError, NodeId, Request, Response, ScoreProductsReply,
-    Service, TransportConfig,
+    Caller, ClusterCa, FetchCustomer, Identity, NodeError, NodeId, Reply, Request, Response,
+    ScoreProductsReply, Service, TransportConfig,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,25 +64,28 @@ impl EchoService {
 }
 
 impl Service for EchoService {
-    fn call(&self, request: Request) -> Response {
+    fn call(&self, request: Request, _caller: Caller) -> Reply {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if let Some(delay) = self.delay {
             std::thread::sleep(delay);
         }
         match request {
-            Request::FetchCustomer(fetch) => Response::Products(ScoreProductsReply {
+            Request::FetchCustomer(fetch) => Reply::Ready(Response::Products(ScoreProductsReply {
                 scores: Vec::new(),
                 missing: vec![fetch.customer],
-            }),
+            })),
             Request::Status => {
-                if let Some(delay) = self.control_delay {
-                    std::thread::sleep(delay);
-                }
-                Response::Done
+                let delay = self.control_delay;
+                Reply::Blocking(Box::new(move || {
+                    if let Some(delay) = delay {
+                        std::thread::sleep(delay);
+                    }
+                    Response::Done
+                }))
             }
-            _ => Response::Error(NodeError::BadRequest(
+            _ => Reply::Ready(Response::Error(NodeError::BadRequest(
                 "echo knows FetchCustomer and Status only".into(),
-            )),
+            ))),
         }
     }
 }

@@ -1,0 +1,574 @@
+//! The changes the cluster map accepts, as Raft log entries, and how each is applied.
+//!
+//! A command is applied to a copy of the map; the copy must pass [`ClusterMap::check`] before it
+//! replaces the map, so a command that would break an invariant is refused and changes nothing
+//! (its log entry stays committed, as a no-op, and the proposer gets the refusal). Every command
+//! that changes the map raises the epoch by one; a command that would not change anything (a node
+//! already in the state asked for) leaves the map and its epoch alone.
+
+use crate::map::{
+    ClusterMap, Epoch, MODEL_RECORDS_MAX, ModelRecord, ModelState, NodeInfo, NodeState,
+};
+use crate::placement::ReplicationFactor;
+use scoregrid_shard::{ModelVersion, PartitionCount};
+use scoregrid_wire::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapCommand {
+    /// The first map, proposed once by the first leader of a new cluster.
+    Bootstrap {
+        nodes: Vec<NodeInfo>,
+        partitions: u32,
+        replication_factor: u32,
+        virtual_nodes: u32,
+    },
+    /// `scoregrid node --join`: a new node, state joining, holding nothing yet. Joining again
+    /// with the same name (a restarted node) updates its addresses.
+    Join {
+        id: NodeId,
+        address: String,
+        name: String,
+        admin: Option<String>,
+    },
+    /// The leader's failure detector: Up -> Down, or Down -> Up after flap damping. Refused for a
+    /// node in maintenance or joining.
+    MarkLiveness { id: NodeId, alive: bool },
+    /// `scoregrid cluster maintenance ID on|off`.
+    Maintenance { id: NodeId, on: bool },
+    /// `scoregrid cluster remove ID`: the node leaves the map; partitions it held get a new
+    /// replica on the remaining nodes.
+    Remove { id: NodeId },
+    /// A loader registers a version it is about to stage (state staging).
+    RegisterModel { version: ModelVersion },
+    /// The cluster-wide flip: `version` becomes active, the previous active one retired.
+    ActivateModel { version: ModelVersion },
+}
+
+impl MapCommand {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MapCommand::Bootstrap { .. } => "bootstrap",
+            MapCommand::Join { .. } => "join",
+            MapCommand::MarkLiveness { .. } => "mark_liveness",
+            MapCommand::Maintenance { .. } => "maintenance",
+            MapCommand::Remove { .. } => "remove",
+            MapCommand::RegisterModel { .. } => "register_model",
+            MapCommand::ActivateModel { .. } => "activate_model",
+        }
+    }
+}
+
+/// What applying a command did, returned to its proposer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapResponse {
+    /// A blank or membership entry: nothing asked by a client.
+    #[default]
+    Nothing,
+    /// The map changed; this is its new epoch.
+    Applied { epoch: Epoch },
+    /// Nothing to change: the map already says so.
+    Unchanged { epoch: Epoch },
+    /// The command was refused and changed nothing.
+    Refused { reason: String },
+}
+
+/// Applies `command` to `map` (`None` before the bootstrap). On success the map is replaced by
+/// the changed copy, with the next epoch.
+pub fn apply(map: &mut Option<ClusterMap>, command: &MapCommand) -> MapResponse {
+    let refused = |reason: String| MapResponse::Refused { reason };
+    let Some(current) = map.as_ref() else {
+        return match bootstrap(command) {
+            Ok(first) => {
+                let epoch = first.epoch;
+                *map = Some(first);
+                MapResponse::Applied { epoch }
+            }
+            Err(reason) => refused(reason),
+        };
+    };
+    if let MapCommand::Bootstrap { .. } = command {
+        return MapResponse::Unchanged {
+            epoch: current.epoch,
+        };
+    }
+    let mut next = current.clone();
+    match change(&mut next, command) {
+        Err(reason) => refused(reason),
+        Ok(false) => MapResponse::Unchanged {
+            epoch: current.epoch,
+        },
+        Ok(true) => {
+            next.epoch = Epoch(current.epoch.0 + 1);
+            if let Err(error) = next.check() {
+                return refused(format!("{} would break the map: {error}", command.kind()));
+            }
+            let epoch = next.epoch;
+            *map = Some(next);
+            MapResponse::Applied { epoch }
+        }
+    }
+}
+
+impl ClusterMap {
+    /// Applies `command` to this map outside Raft: for a map that no log replicates (the demo's
+    /// in-process cluster, tests). A refused command changes nothing.
+    pub fn apply(&mut self, command: &MapCommand) -> MapResponse {
+        let mut state = Some(self.clone());
+        let response = apply(&mut state, command);
+        if let Some(next) = state {
+            *self = next;
+        }
+        response
+    }
+
+    /// Registers and activates `version` outside Raft (see [`ClusterMap::apply`]).
+    pub fn activate_outside_raft(&mut self, version: &ModelVersion) -> MapResponse {
+        self.apply(&MapCommand::RegisterModel {
+            version: version.clone(),
+        });
+        self.apply(&MapCommand::ActivateModel {
+            version: version.clone(),
+        })
+    }
+}
+
+/// Records the voters of a committed Raft membership in the map (its `voter` flags); returns
+/// whether anything changed (then the epoch was raised).
+pub fn apply_voters(map: &mut Option<ClusterMap>, voters: &BTreeSet<u64>) -> bool {
+    let Some(current) = map.as_mut() else {
+        return false;
+    };
+    let mut changed = false;
+    for node in &mut current.nodes {
+        let voter = voters.contains(&node.id.0);
+        if node.voter != voter {
+            node.voter = voter;
+            changed = true;
+        }
+    }
+    if changed {
+        current.epoch = Epoch(current.epoch.0 + 1);
+    }
+    changed
+}
+
+fn bootstrap(command: &MapCommand) -> Result<ClusterMap, String> {
+    let MapCommand::Bootstrap {
+        nodes,
+        partitions,
+        replication_factor,
+        virtual_nodes,
+    } = command
+    else {
+        return Err(format!(
+            "the cluster map is not bootstrapped yet: {} must wait",
+            command.kind()
+        ));
+    };
+    let partitions = PartitionCount::new(*partitions)
+        .ok_or_else(|| format!("bootstrap: {partitions} partitions is out of range"))?;
+    let rf = ReplicationFactor::new(*replication_factor).ok_or_else(|| {
+        format!("bootstrap: replication factor {replication_factor} is out of range")
+    })?;
+    ClusterMap::bootstrap(nodes.clone(), partitions, rf, *virtual_nodes)
+        .map_err(|error| format!("bootstrap: {error}"))
+}
+
+/// Changes `map` in place; `Ok(false)` when there is nothing to change.
+fn change(map: &mut ClusterMap, command: &MapCommand) -> Result<bool, String> {
+    match command {
+        MapCommand::Bootstrap { .. } => Ok(false),
+        MapCommand::Join {
+            id,
+            address,
+            name,
+            admin,
+        } => join(map, *id, address, name, admin.as_deref()),
+        MapCommand::MarkLiveness { id, alive } => {
+            let node = known(map, *id)?;
+            let target = if *alive {
+                NodeState::Up
+            } else {
+                NodeState::Down
+            };
+            match node.state {
+                state if state == target => Ok(false),
+                NodeState::Up | NodeState::Down => {
+                    node.state = target;
+                    Ok(true)
+                }
+                other => Err(format!(
+                    "node {id} is {other}: the failure detector leaves it alone"
+                )),
+            }
+        }
+        MapCommand::Maintenance { id, on } => {
+            let node = known(map, *id)?;
+            match (node.state, *on) {
+                (NodeState::Maintenance, true) => Ok(false),
+                (NodeState::Up | NodeState::Down, true) => {
+                    node.state = NodeState::Maintenance;
+                    Ok(true)
+                }
+                (NodeState::Maintenance, false) => {
+                    // Up again: if it is not back, the failure detector marks it down.
+                    node.state = NodeState::Up;
+                    Ok(true)
+                }
+                (NodeState::Up | NodeState::Down, false) => Ok(false),
+                (other, _) => Err(format!(
+                    "node {id} is {other}: maintenance applies to nodes that hold partitions"
+                )),
+            }
+        }
+        MapCommand::Remove { id } => remove(map, *id),
+        MapCommand::RegisterModel { version } => {
+            if let Some(record) = map.model(version) {
+                return match record.state {
+                    ModelState::Staging => Ok(false),
+                    state => Err(format!(
+                        "model version {version} is already {}; a new model needs a new version name",
+                        state.as_str()
+                    )),
+                };
+            }
+            map.models.push(ModelRecord {
+                version: version.clone(),
+                state: ModelState::Staging,
+            });
+            prune_models(map);
+            Ok(true)
+        }
+        MapCommand::ActivateModel { version } => {
+            match map.model(version).map(|m| m.state) {
+                None => {
+                    return Err(format!(
+                        "model version {version} is not registered in the map"
+                    ));
+                }
+                Some(ModelState::Active) => return Ok(false),
+                Some(ModelState::Staging | ModelState::Retired) => {}
+            }
+            for m in &mut map.models {
+                if m.state == ModelState::Active {
+                    m.state = ModelState::Retired;
+                }
+            }
+            // The active record goes last: the registry is ordered by when a version last served.
+            map.models.retain(|m| &m.version != version);
+            map.models.push(ModelRecord {
+                version: version.clone(),
+                state: ModelState::Active,
+            });
+            prune_models(map);
+            Ok(true)
+        }
+    }
+}
+
+fn known(map: &mut ClusterMap, id: NodeId) -> Result<&mut NodeInfo, String> {
+    map.node_mut(id)
+        .ok_or_else(|| format!("node {id} is not in the cluster map"))
+}
+
+fn join(
+    map: &mut ClusterMap,
+    id: NodeId,
+    address: &str,
+    name: &str,
+    admin: Option<&str>,
+) -> Result<bool, String> {
+    if let Some(other) = map
+        .nodes
+        .iter()
+        .find(|n| n.id != id && (n.address == address || n.name == name))
+    {
+        return Err(format!(
+            "node {} already uses address {} or name {}",
+            other.id, other.address, other.name
+        ));
+    }
+    if let Some(node) = map.node_mut(id) {
+        if node.name != name {
+            return Err(format!(
+                "node {id} is in the map with certificate name {}, not {name}",
+                node.name
+            ));
+        }
+        let admin = admin.map(str::to_owned);
+        if node.address == address && node.admin == admin {
+            return Ok(false);
+        }
+        node.address = address.to_owned();
+        node.admin = admin;
+        return Ok(true);
+    }
+    let at = map.nodes.partition_point(|n| n.id < id);
+    map.nodes.insert(
+        at,
+        NodeInfo {
+            id,
+            address: address.to_owned(),
+            name: name.to_owned(),
+            state: NodeState::Joining,
+            voter: false,
+            admin: admin.map(str::to_owned),
+        },
+    );
+    Ok(true)
+}
+
+fn remove(map: &mut ClusterMap, id: NodeId) -> Result<bool, String> {
+    let Some(node) = map.node(id) else {
+        return Ok(false);
+    };
+    if node.voter {
+        return Err(format!(
+            "node {id} is a Raft voter: voters are named in raft.voters and are not removed by \
+             this command"
+        ));
+    }
+    map.nodes.retain(|n| n.id != id);
+    let holders: Vec<NodeId> = map
+        .nodes
+        .iter()
+        .filter(|n| !matches!(n.state, NodeState::Joining | NodeState::Leaving))
+        .map(|n| n.id)
+        .collect();
+    if map.placement.partitions_of(id).is_empty() {
+        return Ok(true);
+    }
+    map.placement = map
+        .placement
+        .reassign(&holders, map.virtual_nodes)
+        .map_err(|error| format!("node {id} cannot be removed: {error}"))?;
+    Ok(true)
+}
+
+/// Drops the oldest retired records beyond [`MODEL_RECORDS_MAX`].
+fn prune_models(map: &mut ClusterMap) {
+    while map.models.len() > MODEL_RECORDS_MAX {
+        match map
+            .models
+            .iter()
+            .position(|m| m.state == ModelState::Retired)
+        {
+            Some(oldest) => {
+                map.models.remove(oldest);
+            }
+            None => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::tests::{map, nodes};
+
+    fn v(name: &str) -> ModelVersion {
+        ModelVersion::new(name).unwrap()
+    }
+
+    fn applied(map: &mut Option<ClusterMap>, command: MapCommand) -> Epoch {
+        match apply(map, &command) {
+            MapResponse::Applied { epoch } => epoch,
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+
+    fn refusal(map: &mut Option<ClusterMap>, command: MapCommand) -> String {
+        let before = map.clone();
+        match apply(map, &command) {
+            MapResponse::Refused { reason } => {
+                assert_eq!(*map, before, "a refused command changes nothing");
+                reason
+            }
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_bootstrap_starts_a_map_and_only_once() {
+        let mut state = None;
+        let reason = refusal(
+            &mut state,
+            MapCommand::Maintenance {
+                id: NodeId(1),
+                on: true,
+            },
+        );
+        assert!(reason.contains("not bootstrapped"), "{reason}");
+        let bootstrap = MapCommand::Bootstrap {
+            nodes: nodes(3),
+            partitions: 32,
+            replication_factor: 2,
+            virtual_nodes: 16,
+        };
+        assert_eq!(applied(&mut state, bootstrap.clone()), Epoch(1));
+        assert_eq!(
+            apply(&mut state, &bootstrap),
+            MapResponse::Unchanged { epoch: Epoch(1) }
+        );
+        let mut fresh = None;
+        let reason = refusal(
+            &mut fresh,
+            MapCommand::Bootstrap {
+                nodes: nodes(1),
+                partitions: 32,
+                replication_factor: 2,
+                virtual_nodes: 16,
+            },
+        );
+        assert!(reason.contains("needs at least 2"), "{reason}");
+    }
+
+    #[test]
+    fn liveness_and_maintenance_follow_their_rules() {
+        let mut state = Some(map(3, 32, 2));
+        let down = MapCommand::MarkLiveness {
+            id: NodeId(2),
+            alive: false,
+        };
+        assert_eq!(applied(&mut state, down.clone()), Epoch(2));
+        assert_eq!(
+            apply(&mut state, &down),
+            MapResponse::Unchanged { epoch: Epoch(2) }
+        );
+        applied(
+            &mut state,
+            MapCommand::Maintenance {
+                id: NodeId(2),
+                on: true,
+            },
+        );
+        let reason = refusal(
+            &mut state,
+            MapCommand::MarkLiveness {
+                id: NodeId(2),
+                alive: true,
+            },
+        );
+        assert!(reason.contains("maintenance"), "{reason}");
+        applied(
+            &mut state,
+            MapCommand::Maintenance {
+                id: NodeId(2),
+                on: false,
+            },
+        );
+        let map = state.as_ref().unwrap();
+        assert_eq!(map.state_of(NodeId(2)), Some(NodeState::Up));
+        assert_eq!(map.epoch, Epoch(4));
+        let reason = refusal(
+            &mut state,
+            MapCommand::MarkLiveness {
+                id: NodeId(9),
+                alive: true,
+            },
+        );
+        assert!(reason.contains("not in the cluster map"), "{reason}");
+    }
+
+    #[test]
+    fn a_joined_node_holds_nothing_and_can_be_removed() {
+        let mut state = Some(map(3, 32, 2));
+        let join = MapCommand::Join {
+            id: NodeId(7),
+            address: "127.0.0.9:7000".into(),
+            name: "node-7".into(),
+            admin: None,
+        };
+        applied(&mut state, join.clone());
+        assert_eq!(
+            apply(&mut state, &join),
+            MapResponse::Unchanged { epoch: Epoch(2) }
+        );
+        let map = state.as_ref().unwrap();
+        assert_eq!(map.state_of(NodeId(7)), Some(NodeState::Joining));
+        assert!(map.partitions_of(NodeId(7)).is_empty());
+        let reason = refusal(
+            &mut state,
+            MapCommand::Join {
+                id: NodeId(8),
+                address: "127.0.0.9:7000".into(),
+                name: "node-8".into(),
+                admin: None,
+            },
+        );
+        assert!(reason.contains("already uses"), "{reason}");
+        let reason = refusal(
+            &mut state,
+            MapCommand::Maintenance {
+                id: NodeId(7),
+                on: true,
+            },
+        );
+        assert!(reason.contains("joining"), "{reason}");
+        applied(&mut state, MapCommand::Remove { id: NodeId(7) });
+        assert!(state.as_ref().unwrap().node(NodeId(7)).is_none());
+    }
+
+    #[test]
+    fn removing_a_holder_moves_its_partitions_and_voters_stay() {
+        let mut state = Some(map(4, 64, 2));
+        let reason = refusal(&mut state, MapCommand::Remove { id: NodeId(1) });
+        assert!(reason.contains("voter"), "{reason}");
+        let held = state.as_ref().unwrap().partitions_of(NodeId(4));
+        assert!(!held.is_empty());
+        applied(&mut state, MapCommand::Remove { id: NodeId(4) });
+        let map = state.as_ref().unwrap();
+        assert!(map.partitions_of(NodeId(4)).is_empty());
+        map.check().unwrap();
+        let mut small = Some(super::super::map::tests::map(2, 8, 2));
+        small.as_mut().unwrap().nodes[1].voter = false;
+        let reason = refusal(&mut small, MapCommand::Remove { id: NodeId(2) });
+        assert!(reason.contains("cannot be removed"), "{reason}");
+    }
+
+    #[test]
+    fn models_register_activate_and_retire() {
+        let mut state = Some(map(3, 16, 2));
+        let reason = refusal(&mut state, MapCommand::ActivateModel { version: v("v1") });
+        assert!(reason.contains("not registered"), "{reason}");
+        applied(&mut state, MapCommand::RegisterModel { version: v("v1") });
+        applied(&mut state, MapCommand::ActivateModel { version: v("v1") });
+        let reason = refusal(&mut state, MapCommand::RegisterModel { version: v("v1") });
+        assert!(reason.contains("already active"), "{reason}");
+        applied(&mut state, MapCommand::RegisterModel { version: v("v2") });
+        applied(&mut state, MapCommand::ActivateModel { version: v("v2") });
+        let map = state.as_ref().unwrap();
+        assert_eq!(map.active_model(), Some(&v("v2")));
+        assert_eq!(map.model(&v("v1")).unwrap().state, ModelState::Retired);
+        // Rollback is a flip to a retained version.
+        applied(&mut state, MapCommand::ActivateModel { version: v("v1") });
+        assert_eq!(state.as_ref().unwrap().active_model(), Some(&v("v1")));
+        for i in 0..40 {
+            let version = v(&format!("n{i}"));
+            applied(
+                &mut state,
+                MapCommand::RegisterModel {
+                    version: version.clone(),
+                },
+            );
+            applied(&mut state, MapCommand::ActivateModel { version });
+        }
+        let map = state.as_ref().unwrap();
+        assert_eq!(map.models.len(), MODEL_RECORDS_MAX);
+        assert_eq!(map.active_model(), Some(&v("n39")));
+    }
+
+    #[test]
+    fn voters_of_a_membership_are_recorded_with_a_new_epoch() {
+        let mut state = Some(map(4, 16, 2));
+        let before = state.as_ref().unwrap().epoch;
+        assert!(!apply_voters(&mut state, &[1, 2, 3].into_iter().collect()));
+        assert!(apply_voters(&mut state, &[1, 2, 4].into_iter().collect()));
+        let map = state.as_ref().unwrap();
+        assert_eq!(map.epoch, Epoch(before.0 + 1));
+        assert!(map.node(NodeId(4)).unwrap().voter && !map.node(NodeId(3)).unwrap().voter);
+    }
+}

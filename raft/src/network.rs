@@ -1,0 +1,222 @@
+//! openraft's network over wire: each Raft RPC is one `Request::Raft` call to the peer, bounded
+//! by openraft's own time-to-live for it. Errors are classified as openraft's example does: a
+//! peer that cannot be reached is `Unreachable` (openraft backs off before trying it again), any
+//! other failure a transient network error.
+//!
+//! Every answer from a peer is also a sign of life: the leader's failure detector
+//! ([`crate::member`]) reads [`Liveness`], fed here by the heartbeats openraft sends anyway,
+//! so detecting a dead node costs no traffic of its own.
+
+use crate::peers::PeerClients;
+use crate::protocol::{RaftReply, RaftRpc};
+use crate::types::{RaftPeer, TypeConfig, Vote};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot};
+use scoregrid_wire::{NodeClient, NodeId, Request, Response, RpcError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
+
+/// When each member last answered this one (a Raft RPC reply of any kind).
+#[derive(Debug, Default)]
+pub struct Liveness {
+    heard: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Liveness {
+    pub fn heard_from(&self, node: NodeId) {
+        self.lock().insert(node, Instant::now());
+    }
+
+    pub fn last_heard(&self, node: NodeId) -> Option<Instant> {
+        self.lock().get(&node).copied()
+    }
+
+    /// Counts everyone as just heard from: a new leader gives every member a full
+    /// `down_after` before judging it, since it did not send them heartbeats until now.
+    pub fn grace(&self, nodes: impl IntoIterator<Item = NodeId>) {
+        let now = Instant::now();
+        let mut heard = self.lock();
+        for node in nodes {
+            heard.insert(node, now);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        self.heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The factory openraft asks for one connection per target.
+#[derive(Clone)]
+pub struct Network {
+    pub(crate) peers: Arc<dyn PeerClients>,
+    pub(crate) liveness: Arc<Liveness>,
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    client: Option<Arc<dyn NodeClient>>,
+    liveness: Arc<Liveness>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &RaftPeer) -> PeerConnection {
+        let target = NodeId(target);
+        PeerConnection {
+            target,
+            client: self.peers.client(target, node),
+            liveness: self.liveness.clone(),
+        }
+    }
+}
+
+/// Why one exchange failed, before it is put in the error type of the RPC at hand.
+enum Failure {
+    Unreachable(String),
+    Network(String),
+}
+
+#[derive(Debug)]
+struct Message(String);
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl Failure {
+    fn into_rpc_error(self) -> RPCError<u64, RaftPeer, RaftError<u64>> {
+        match self {
+            Failure::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Message(m))),
+            Failure::Network(m) => RPCError::Network(NetworkError::new(&Message(m))),
+        }
+    }
+
+    fn into_streaming_error(self) -> StreamingError<TypeConfig, Fatal<u64>> {
+        match self {
+            Failure::Unreachable(m) => StreamingError::Unreachable(Unreachable::new(&Message(m))),
+            Failure::Network(m) => StreamingError::Network(NetworkError::new(&Message(m))),
+        }
+    }
+}
+
+impl PeerConnection {
+    async fn exchange(&self, rpc: RaftRpc, option: &RPCOption) -> Result<RaftReply, Failure> {
+        let Some(client) = &self.client else {
+            return Err(Failure::Unreachable(format!(
+                "no address to reach member {}",
+                self.target
+            )));
+        };
+        let payload = scoregrid_wire::codec::encode(&rpc)
+            .map_err(|e| Failure::Network(format!("raft message does not encode: {e}")))?;
+        let deadline = Instant::now() + option.hard_ttl();
+        let call = client.call_until(Request::Raft(payload), Some(deadline));
+        let response = match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error @ (RpcError::Unreachable(..) | RpcError::Incompatible { .. }))) => {
+                return Err(Failure::Unreachable(error.to_string()));
+            }
+            Ok(Err(error)) => return Err(Failure::Network(error.to_string())),
+            Err(_) => {
+                return Err(Failure::Network(format!(
+                    "member {} did not answer within {} ms",
+                    self.target,
+                    option.hard_ttl().as_millis()
+                )));
+            }
+        };
+        let reply = match response {
+            Response::Raft(bytes) => scoregrid_wire::codec::decode::<RaftReply>(&bytes)
+                .map_err(|e| Failure::Network(format!("raft reply does not decode: {e}")))?,
+            Response::Error(error) => {
+                return Err(Failure::Network(format!(
+                    "member {} refused: {error}",
+                    self.target
+                )));
+            }
+            _ => {
+                return Err(Failure::Network(format!(
+                    "member {} answered with the wrong message kind",
+                    self.target
+                )));
+            }
+        };
+        if let RaftReply::Refused(reason) = reply {
+            return Err(Failure::Network(format!(
+                "member {} refused: {reason}",
+                self.target
+            )));
+        }
+        self.liveness.heard_from(self.target);
+        Ok(reply)
+    }
+}
+
+fn unexpected(target: NodeId) -> Failure {
+    Failure::Network(format!("member {target} answered another RPC"))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, RaftPeer, RaftError<u64>>> {
+        match self.exchange(RaftRpc::Append(rpc), &option).await {
+            Ok(RaftReply::Append(response)) => Ok(response),
+            Ok(_) => Err(unexpected(self.target).into_rpc_error()),
+            Err(failure) => Err(failure.into_rpc_error()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, RaftPeer, RaftError<u64>>> {
+        match self.exchange(RaftRpc::Vote(rpc), &option).await {
+            Ok(RaftReply::Vote(response)) => Ok(response),
+            Ok(_) => Err(unexpected(self.target).into_rpc_error()),
+            Err(failure) => Err(failure.into_rpc_error()),
+        }
+    }
+
+    /// The map is small: the whole snapshot goes in one message.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let rpc = RaftRpc::Snapshot(Box::new(crate::protocol::SnapshotRpc {
+            vote,
+            meta: snapshot.meta,
+            data: *snapshot.snapshot,
+        }));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = self.exchange(rpc, &option) => match reply {
+                Ok(RaftReply::Snapshot(response)) => Ok(response),
+                Ok(_) => Err(unexpected(self.target).into_streaming_error()),
+                Err(failure) => Err(failure.into_streaming_error()),
+            },
+        }
+    }
+}
