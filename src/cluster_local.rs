@@ -7,16 +7,14 @@
 //! none outlives it.
 
 use crate::commands::{Shutdown, print_line};
-use crate::{push, serve};
+use crate::push;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use scoregrid_config::{Config, MemberConfig};
-use scoregrid_wire::{NodeClient, NodeId, Role};
-use std::collections::HashMap;
+use scoregrid_wire::Role;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a child may take to say it listens, and the router to become ready.
@@ -88,20 +86,28 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
             id: u64::from(i),
             addr: SocketAddr::new(IpAddr::V4(ip), free_udp_port(ip)?),
             name,
+            admin: Some(SocketAddr::new(IpAddr::V4(ip), free_tcp_port(ip)?)),
         });
     }
     scoregrid_wire::issue_to_dir(&certs, "router", Role::Router, &[])?;
     scoregrid_wire::issue_to_dir(&certs, "loader", Role::Loader, &[])?;
+    scoregrid_wire::issue_to_dir(&certs, "client", Role::Operator, &[])?;
 
     let mut config = base;
     config.cluster.nodes = members.clone();
+    // min(N, 5) voters, 3 when N < 5 (all when fewer than 3): the derived default, written out.
+    config.raft.voters = config.voters();
     config.validate()?;
+    let mut client_config = config.clone();
+    client_config.tls = tls_of(&certs, "client");
+    write_config(dir, "client", &client_config)?;
     let mut processes: Vec<Process> = Vec::new();
     let outcome = async {
         for m in &members {
             let mut c = config.clone();
             c.node.id = m.id;
             c.node.data_dir = dir.join("data").join(&m.name);
+            c.node.admin_addr = m.admin.map(|a| a.to_string()).unwrap_or_default();
             c.tls = tls_of(&certs, &m.name);
             processes.push(spawn(dir, &m.name, &c, "node")?);
         }
@@ -110,24 +116,20 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
         }
 
         let started = Instant::now();
+        let mut loader_config = config.clone();
+        loader_config.tls = tls_of(&certs, "loader");
+        let (endpoint, client) = crate::operate::client(&loader_config, None)?;
+        wait_for_map(&client).await?;
         let built = push::build(&config, args.model.clone()).await?;
         let version = built.directory.version.clone();
         let example = crate::demo::example_request(&built);
-        let mut loader_config = config.clone();
-        loader_config.tls = tls_of(&certs, "loader");
-        let identity = serve::identity(&loader_config)?;
-        let clients: HashMap<NodeId, Arc<dyn NodeClient>> =
-            serve::clients(&members, &identity, serve::transport(&config)?)?
-                .into_iter()
-                .map(|c| (c.node(), c))
-                .collect();
-        let map = serve::static_map(&config)?;
-        let report = push::push_model(built, &map, &clients, true).await?;
+        let report = push::push(built, &client, &endpoint, true).await?;
         tracing::info!(%version, copies = report.copies, bytes = report.bytes,
             seconds = started.elapsed().as_secs_f64(), "model staged and activated");
 
         let mut router_config = config.clone();
         router_config.http.addr = args.http;
+        router_config.router.quic_bind = SocketAddr::from(([127, 0, 0, 1], 0));
         router_config.tls = tls_of(&certs, "router");
         processes.push(spawn(dir, "router", &router_config, "router")?);
         let router_line = match processes.last_mut() {
@@ -142,9 +144,18 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
             .with_context(|| format!("cannot read the router's address from {router_line:?}"))?;
         wait_ready(http).await?;
 
+        let voters = config.voters();
         let mut lines = Vec::new();
         for (p, m) in processes.iter().zip(members.iter().map(Some).chain([None])) {
-            let what = m.map_or_else(|| format!("http://{http}"), |m| format!("quic://{}", m.addr));
+            let what = match m {
+                Some(m) => format!(
+                    "quic://{}  admin http://{}  {}",
+                    m.addr,
+                    m.admin.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    if voters.contains(&m.id) { "voter" } else { "learner" }
+                ),
+                None => format!("http://{http}"),
+            };
             lines.push(format!(
                 "{:<8} pid {:<7} {what}  config {}  log {}",
                 p.name,
@@ -154,12 +165,17 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
             ));
         }
         lines.push(format!(
-            "ready: model {version} on {} nodes (RF {}), {} partition copies ({:.1} MiB) staged in {:.1} s",
+            "ready: model {version} on {} nodes ({} Raft voters, RF {}), {} partition copies ({:.1} MiB) staged in {:.1} s",
             members.len(),
-            map.placement.replication_factor(),
+            voters.len(),
+            config.placement.replication_factor.min(members.len() as u32),
             report.copies,
             report.bytes as f64 / 1048576.0,
             started.elapsed().as_secs_f64()
+        ));
+        lines.push(format!(
+            "operate it: scoregrid --config {} cluster status",
+            dir.join("client.toml").display()
         ));
         if let Some((customer, container)) = example {
             lines.push(format!("try:\n  curl 'http://{http}/v1/recommend?customer={customer}&container={container}&limit=5'"));
@@ -173,6 +189,22 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
     .await;
     stop(&mut processes).await;
     outcome
+}
+
+/// Waits until the nodes have elected a leader and bootstrapped the map.
+async fn wait_for_map(client: &scoregrid_raft::client::ClusterClient) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match client.map().await {
+            Ok(view) if view.map.is_some() && !view.stale => return Ok(()),
+            Ok(view) => format!("map: {}, stale: {}", view.map.is_some(), view.stale),
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!("the nodes did not bootstrap a cluster map within {START_TIMEOUT:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn tls_of(certs: &Path, name: &str) -> scoregrid_config::TlsConfig {
@@ -197,11 +229,24 @@ fn free_udp_port(ip: Ipv4Addr) -> Result<u16> {
     Ok(socket.local_addr()?.port())
 }
 
+/// Writes `config` as `DIR/<name>.toml`.
+fn write_config(dir: &Path, name: &str, config: &Config) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config.to_toml())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// A TCP port free on `ip` right now (the node's admin listener binds it a moment later).
+fn free_tcp_port(ip: Ipv4Addr) -> Result<u16> {
+    let listener = std::net::TcpListener::bind((ip, 0))
+        .with_context(|| format!("cannot bind a TCP socket on {ip}"))?;
+    Ok(listener.local_addr()?.port())
+}
+
 /// Writes `config` and starts `scoregrid --config FILE <command>` with its output in a log file.
 fn spawn(dir: &Path, name: &str, config: &Config, command: &str) -> Result<Process> {
-    let config_path = dir.join(format!("{name}.toml"));
-    std::fs::write(&config_path, config.to_toml())
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config_path = write_config(dir, name, config)?;
     let log = dir.join(format!("{name}.log"));
     let out =
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;

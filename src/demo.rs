@@ -64,6 +64,7 @@ pub async fn run(config: Config, model: Option<PathBuf>, in_process: bool) -> Re
             id: i,
             addr: server.local_addr(),
             name,
+            admin: None,
         });
         nodes.push(node);
         servers.push(server);
@@ -95,11 +96,17 @@ pub async fn run(config: Config, model: Option<PathBuf>, in_process: bool) -> Re
     } else {
         "reached over QUIC with mutual TLS"
     };
-    let state = serve::start_router(config.clone(), map, clients, shutdown.wait()).await;
-    anyhow::ensure!(
-        state.view().is_some_and(|v| v.active().is_some()),
-        "the router could not reach the demo's nodes over QUIC"
-    );
+    // One process, no Raft: the demo's map is static, with its one version active.
+    let mut map = map;
+    map.activate_outside_raft(&version);
+    let state = Arc::new(scoregrid_router::RouterState::new(config.clone()));
+    let policy = state.routee_policy();
+    state.set_view(scoregrid_router::ClusterView::new(
+        map,
+        vec![Directory::clone(&directory)],
+        clients,
+        policy,
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await

@@ -2,9 +2,11 @@
 //! one `run` per command; the wiring of crates lives in [`demo`], the only module that knows
 //! them all.
 
+mod admin;
 mod cluster_local;
 mod commands;
 mod demo;
+mod operate;
 mod push;
 mod serve;
 
@@ -12,6 +14,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -55,22 +58,49 @@ enum Command {
     /// Create the cluster CA and issue certificates for nodes, routers and loaders.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Run a data node (`[node]`, `[cluster]`, `[tls]` of the configuration).
-    Node,
-    /// Run a router: the HTTP API in front of the nodes of `[cluster]`.
+    /// Run a data node (`[node]`, `[cluster]`, `[raft]`, `[tls]` of the configuration) and its
+    /// Raft member.
+    Node {
+        /// Join a running cluster through the node at this QUIC address (this node starts in
+        /// state joining and holds no partitions until the rebalancing gives it some).
+        #[arg(long)]
+        join: Option<SocketAddr>,
+    },
+    /// Run a router: the HTTP API in front of the cluster, following its map.
     Router,
-    /// Run a whole cluster as child processes on this machine.
+    /// Operate a cluster: status, maintenance, removal, initialisation; or run one locally.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Push a model version into the running cluster of `[cluster]`: stage it on every replica,
-    /// verify every copy, then activate it on every node.
+    /// The model versions of the cluster map.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Push a model version into the running cluster: register it in the map, stage it on every
+    /// replica, verify every copy, then activate it cluster-wide in one committed change.
     Load {
         /// The model directory (contract section 1).
         #[arg(long)]
         model: PathBuf,
-        /// Stage and verify only; activate later by loading again without this flag.
+        /// Any node's QUIC address (default: the nodes of `[cluster]`).
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+        /// Stage and verify only; `scoregrid model activate V` flips it later.
         #[arg(long)]
         no_activate: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// The versions the map knows and their states.
+    List {
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+    },
+    /// Make a registered version the active one cluster-wide (a rollback to a retained one).
+    Activate {
+        version: String,
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
     },
 }
 
@@ -103,9 +133,56 @@ enum ClusterCommand {
     /// N node processes and a router on loopback (127.0.0.x), certificates in a temporary
     /// directory, the model loaded; stops them all on Ctrl-C or SIGTERM.
     Local(cluster_local::LocalArgs),
+    /// The cluster map as a node knows it: leader, term, epoch, contact with a quorum, nodes,
+    /// versions. Exit code 3 when that node has no contact with a quorum.
+    Status {
+        /// Ask this node for its own view (even when it is cut off).
+        #[arg(long)]
+        node: Option<SocketAddr>,
+        /// Any node's QUIC address (default: the nodes of `[cluster]`).
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+        /// Print the status as JSON with the field names of `/v1/cluster`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned work on a node: in maintenance it is never marked down and nothing is moved.
+    Maintenance {
+        id: u64,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+    },
+    /// Remove a node (not a voter) from the map; partitions it held get a new replica.
+    Remove {
+        id: u64,
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+    },
+    /// Initialise a new cluster now with the voters of the configuration, without waiting for
+    /// every voter to answer (a no-op on an initialised cluster).
+    Init {
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+    },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            // Operators' scripts read the code: 3 when no quorum could be reached, else 1.
+            let code = error
+                .downcast_ref::<operate::CodedError>()
+                .map_or(1, |coded| coded.code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run() -> Result<()> {
     commands::limit_malloc_arenas();
     let cli = Cli::parse();
     let config = scoregrid_config::Config::load(cli.config.as_deref())?;
@@ -147,9 +224,9 @@ fn main() -> Result<()> {
                 dir.display()
             ))
         }
-        Command::Node => commands::runtime()?.block_on(async {
+        Command::Node { join } => commands::runtime()?.block_on(async {
             let shutdown = commands::Shutdown::on_signals();
-            serve::run_node(config, shutdown.wait()).await
+            serve::run_node(config, join, shutdown.wait()).await
         }),
         Command::Router => commands::runtime()?.block_on(async {
             let shutdown = commands::Shutdown::on_signals();
@@ -158,8 +235,30 @@ fn main() -> Result<()> {
         Command::Cluster(ClusterCommand::Local(args)) => {
             commands::runtime()?.block_on(cluster_local::run(config, args))
         }
-        Command::Load { model, no_activate } => {
-            commands::runtime()?.block_on(push::load(config, model, !no_activate))
+        Command::Cluster(ClusterCommand::Status {
+            node,
+            cluster,
+            json,
+        }) => commands::runtime()?.block_on(operate::status(&config, node, cluster, json)),
+        Command::Cluster(ClusterCommand::Maintenance { id, state, cluster }) => {
+            commands::runtime()?.block_on(operate::maintenance(&config, cluster, id, state == "on"))
         }
+        Command::Cluster(ClusterCommand::Remove { id, cluster }) => {
+            commands::runtime()?.block_on(operate::remove(&config, cluster, id))
+        }
+        Command::Cluster(ClusterCommand::Init { cluster }) => {
+            commands::runtime()?.block_on(operate::init(&config, cluster))
+        }
+        Command::Model(ModelCommand::List { cluster }) => {
+            commands::runtime()?.block_on(operate::model_list(&config, cluster))
+        }
+        Command::Model(ModelCommand::Activate { version, cluster }) => {
+            commands::runtime()?.block_on(operate::model_activate(&config, cluster, &version))
+        }
+        Command::Load {
+            model,
+            cluster,
+            no_activate,
+        } => commands::runtime()?.block_on(push::load(config, model, cluster, !no_activate)),
     }
 }

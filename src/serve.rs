@@ -1,19 +1,25 @@
-//! The long-running processes: `scoregrid node` and `scoregrid router`, and the pieces of them
-//! that `demo` and `cluster local` reuse. This is where configuration becomes transport
-//! settings, identities, placement and running servers.
+//! The long-running processes: `scoregrid node` (a data node and its Raft member) and
+//! `scoregrid router` (the HTTP API following the cluster map), and the pieces of them that
+//! `demo`, `cluster local` and the operator commands reuse. This is where configuration
+//! becomes transport settings, identities, Raft settings and running servers.
 
 use anyhow::{Context, Result};
 use scoregrid_config::{Config, MemberConfig};
+use scoregrid_node::follow::RaftMember;
 use scoregrid_node::store::Store;
 use scoregrid_node::{Control, Node, NodeService};
-use scoregrid_raft::{ClusterMap, NodeInfo, NodeState, ReplicationFactor};
-use scoregrid_router::routee::Routee;
+use scoregrid_raft::client::{ClusterClient, FollowSettings, Seed, follow_map};
+use scoregrid_raft::member::{Member, MemberSettings};
+use scoregrid_raft::peers::{PeerClients, QuicPeers};
+use scoregrid_raft::{ClusterMap, MapCommand, NodeInfo, NodeState, RaftPeer, ReplicationFactor};
+use scoregrid_router::discovery::ClientMaker;
 use scoregrid_router::{RouterState, discovery};
 use scoregrid_shard::PartitionCount;
 use scoregrid_wire::{
-    ClientEndpoint, Identity, NodeClient, NodeId, QuicClient, QuicServer, Service, TransportConfig,
+    ClientEndpoint, Identity, NodeClient, NodeId, QuicClient, QuicServer, Role, Service,
+    TransportConfig,
 };
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,7 +55,8 @@ pub fn identity(config: &Config) -> Result<Identity> {
     })
 }
 
-/// The static cluster map of `[cluster]` and `[placement]`: every listed node Up.
+/// The static cluster map of `[cluster]` and `[placement]`, every listed node Up: the demo's
+/// in-process cluster, which runs no Raft.
 pub fn static_map(config: &Config) -> Result<ClusterMap> {
     let partitions = PartitionCount::new(config.placement.partitions)
         .context("placement.partitions out of range")?;
@@ -75,7 +82,7 @@ pub fn static_map(config: &Config) -> Result<ClusterMap> {
             name: m.name.clone(),
             state: NodeState::Up,
             voter: false,
-            admin: None,
+            admin: m.admin.map(|a| a.to_string()),
         })
         .collect();
     Ok(ClusterMap::bootstrap(
@@ -100,29 +107,109 @@ pub fn bind_node(
         .with_context(|| format!("cannot listen on quic://{addr}"))
 }
 
-/// `scoregrid node --config FILE`.
+/// The Raft settings of this node: voters from `raft.voters` (or derived) with their
+/// addresses and names from `cluster.nodes`, the bootstrap map of `[cluster]` and
+/// `[placement]`, and the timings of `[raft]`.
+///
+/// # Errors
+/// When a voter is not in `cluster.nodes`, or the placement cannot be made from them.
+pub fn member_settings(config: &Config, id: NodeId, joining: bool) -> Result<MemberSettings> {
+    let voter_ids = config.voters();
+    let peer_of = |m: &MemberConfig| RaftPeer {
+        address: m.addr.to_string(),
+        name: m.name.clone(),
+    };
+    let voters: BTreeMap<u64, RaftPeer> = voter_ids
+        .iter()
+        .map(|v| {
+            let m = config
+                .cluster
+                .nodes
+                .iter()
+                .find(|m| m.id == *v)
+                .with_context(|| format!("raft.voters: {v} is not one of cluster.nodes"))?;
+            Ok((*v, peer_of(m)))
+        })
+        .collect::<Result<_>>()?;
+    let nodes: Vec<NodeInfo> = config
+        .cluster
+        .nodes
+        .iter()
+        .map(|m| NodeInfo {
+            id: NodeId(m.id),
+            address: m.addr.to_string(),
+            name: m.name.clone(),
+            state: NodeState::Up,
+            voter: voter_ids.contains(&m.id),
+            admin: m.admin.map(|a| a.to_string()),
+        })
+        .collect();
+    let rf = config
+        .placement
+        .replication_factor
+        .min(nodes.len().max(1) as u32);
+    let r = &config.raft;
+    let ms = Duration::from_millis;
+    Ok(MemberSettings {
+        id,
+        voters,
+        bootstrap: MapCommand::Bootstrap {
+            nodes,
+            partitions: config.placement.partitions,
+            replication_factor: rf,
+            virtual_nodes: config.placement.virtual_nodes,
+        },
+        // A node that joins an existing cluster never starts one of its own.
+        auto_initialize: !joining,
+        heartbeat: ms(r.heartbeat_ms),
+        election_timeout_min: ms(r.election_timeout_min_ms),
+        election_timeout_max: ms(r.election_timeout_max_ms),
+        down_after: ms(r.down_after_ms),
+        up_after: ms(r.up_after_ms),
+        client_timeout: ms(r.client_timeout_ms),
+        stale_after: ms(r.stale_after_ms),
+        snapshot_logs: r.snapshot_logs,
+    })
+}
+
+/// The nodes of `[cluster]`, or the one address given on the command line.
+pub fn seeds(config: &Config, cluster: Option<SocketAddr>) -> Vec<Seed> {
+    match cluster {
+        Some(addr) => vec![Seed {
+            id: None,
+            addr,
+            name: None,
+        }],
+        None => config
+            .cluster
+            .nodes
+            .iter()
+            .map(|m| Seed {
+                id: Some(NodeId(m.id)),
+                addr: m.addr,
+                name: Some(m.name.clone()),
+            })
+            .collect(),
+    }
+}
+
+/// `scoregrid node --config FILE [--join ADDR]`.
 pub async fn run_node(
     config: Config,
+    join: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Install the recorder before anything counts.
+    let prometheus = scoregrid_router::telemetry::prometheus();
     let member = config.this_member()?.clone();
     let id = NodeId(member.id);
     let identity = identity(&config)?;
-    let map = static_map(&config)?;
-    let must_hold = map.placement.partitions_of(id);
-    let store = Store::open(&config.node.data_dir).with_context(|| {
-        format!(
-            "cannot open node.data_dir {}",
-            config.node.data_dir.display()
-        )
-    })?;
+    let data_dir = config.node.data_dir.clone();
+    let store = Store::open(&data_dir)
+        .with_context(|| format!("cannot open node.data_dir {}", data_dir.display()))?;
     let node = Arc::new(Node::with_control(
         id,
-        Control::new(
-            store,
-            must_hold.clone(),
-            config.node.versions_retained as usize,
-        ),
+        Control::new(store, Vec::new(), config.node.versions_retained as usize),
     ));
     let restored = tokio::task::spawn_blocking({
         let node = node.clone();
@@ -130,84 +217,100 @@ pub async fn run_node(
     })
     .await
     .context("restore task failed")?
-    .with_context(|| format!("cannot restore from {}", config.node.data_dir.display()))?;
+    .with_context(|| format!("cannot restore from {}", data_dir.display()))?;
     let transport = transport(&config)?;
-    let server = bind_node(&node, member.addr, &identity, transport.clone())?;
-    let peers: Vec<MemberConfig> = config
-        .cluster
-        .nodes
-        .iter()
-        .filter(|m| m.id != member.id)
-        .cloned()
-        .collect();
-    let peers: HashMap<NodeId, Arc<dyn NodeClient>> = clients(&peers, &identity, transport)?
-        .into_iter()
-        .map(|c| (c.node(), c))
-        .collect();
+    let server = bind_node(&node, member.addr, &identity, transport)?;
+    // One socket for both directions: the node's calls leave from its own address.
+    let endpoint = server
+        .client_endpoint(&identity)
+        .context("cannot prepare the node's client side")?;
+    let peers: Arc<dyn PeerClients> = Arc::new(QuicPeers::new(endpoint.clone()));
+    let settings = member_settings(&config, id, join.is_some())?;
+    let voter = settings.voters.contains_key(&id.0);
+    let raft_member = Member::start(settings, &data_dir.join("raft"), peers.clone())
+        .await
+        .context("cannot start the node's Raft member")?;
     let shutdown = crate::commands::Shutdown::from_future(shutdown);
-    tokio::spawn(repair(node.clone(), map, peers, shutdown.wait()));
+    tokio::spawn(scoregrid_node::follow::follow_map(
+        node.clone(),
+        raft_member.clone(),
+        server.clock().clone(),
+        peers,
+        shutdown.wait(),
+    ));
+    if let Some(addr) = config.admin_addr()? {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on node.admin_addr {addr}"))?;
+        tokio::spawn(crate::admin::serve(
+            listener,
+            node.clone(),
+            raft_member.clone(),
+            prometheus,
+            shutdown.wait(),
+        ));
+    }
+    if let Some(join) = join {
+        let admin = config.admin_addr()?.map(|a| a.to_string());
+        tokio::spawn(join_cluster(
+            endpoint.clone(),
+            join,
+            MapCommand::Join {
+                id,
+                address: member.addr.to_string(),
+                name: member.name.clone(),
+                admin,
+            },
+            Duration::from_millis(config.raft.client_timeout_ms),
+            shutdown.wait(),
+        ));
+    }
     let active = restored.map_or_else(|| "none yet".to_string(), |v| v.to_string());
     crate::commands::print_line(&format!(
-        "scoregrid node {id} listening on quic://{}, holding {} partitions, active model: {active}",
+        "scoregrid node {id} listening on quic://{}, {}, active model: {active}",
         server.local_addr(),
-        must_hold.len()
+        if voter { "raft voter" } else { "raft learner" },
     ))?;
-    let service = NodeService::new(node, server.clock().clone(), None);
+    let service = NodeService::new(
+        node,
+        server.clock().clone(),
+        Some(Arc::new(RaftMember(raft_member.clone()))),
+    );
     server
         .serve(Arc::new(service) as Arc<dyn Service>, shutdown.wait())
         .await;
+    raft_member.shutdown().await;
     Ok(())
 }
 
-/// How long a node waits before asking again for partitions no peer could give.
-const REPAIR_RETRY: Duration = Duration::from_secs(2);
-
-/// Fetches back, from their other replicas, the partitions of the active version that the
-/// placement gives this node but that it lacks (lost or corrupt on disk), until none is
-/// missing or `shutdown`. Meanwhile the router reads those partitions from the other replicas.
-async fn repair(
-    node: Arc<Node>,
-    map: ClusterMap,
-    peers: HashMap<NodeId, Arc<dyn NodeClient>>,
+/// `--join ADDR`: asks the cluster, through the node at `addr`, to add this node (state
+/// joining); retries until it is done or `shutdown`.
+async fn join_cluster(
+    endpoint: ClientEndpoint,
+    addr: SocketAddr,
+    join: MapCommand,
+    timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    use scoregrid_wire::admin::AdminCalls;
+    let seed = Seed {
+        id: None,
+        addr,
+        name: None,
+    };
+    let client = ClusterClient::new(&endpoint, &[seed], timeout + Duration::from_secs(1));
     let mut shutdown = std::pin::pin!(shutdown);
-    while let Some((version, missing)) = node.missing_partitions() {
-        for partition in missing {
-            for peer in map
-                .placement
-                .replicas(partition)
-                .iter()
-                .filter(|&&n| n != node.id())
-            {
-                let Some(client) = peers.get(peer) else {
-                    continue;
-                };
-                let bytes = match client.read_partition(version.clone(), partition).await {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
-                        tracing::warn!(%partition, %peer, %error, "cannot fetch a missing partition");
-                        continue;
-                    }
-                };
-                let adopting = node.clone();
-                match tokio::task::spawn_blocking(move || adopting.adopt_partition(&bytes)).await {
-                    Ok(Ok(_)) => {
-                        tracing::info!(%partition, %peer, %version, "missing partition fetched back from a replica");
-                        break;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%partition, %peer, %error, "fetched partition refused")
-                    }
-                    Err(error) => {
-                        tracing::warn!(%partition, %error, "partition adoption task failed")
-                    }
-                }
+    loop {
+        match client.propose(join.clone(), Role::Node).await {
+            Ok(response) => {
+                tracing::info!(via = %addr, ?response, "joined the cluster: state joining, holding no partitions until the rebalancing gives it some");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(via = %addr, %error, "cannot join the cluster yet; trying again")
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(REPAIR_RETRY) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = &mut shutdown => return,
         }
     }
@@ -231,47 +334,39 @@ pub fn clients(
         .collect()
 }
 
-/// A router state that follows `clients` (first round done before returning, so that a
-/// cluster with a model is ready at once) and keeps following them until `shutdown`.
-pub async fn start_router(
-    config: Config,
-    map: ClusterMap,
-    clients: Vec<Arc<dyn NodeClient>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Arc<RouterState> {
-    let state = Arc::new(RouterState::new(config));
-    let policy = state.routee_policy();
-    let routees: HashMap<NodeId, Arc<Routee>> = clients
-        .into_iter()
-        .map(|c| (c.node(), Arc::new(Routee::new(c, policy))))
-        .collect();
-    let interval = Duration::from_millis(state.config.router.refresh_interval_ms);
-    discovery::refresh(&state, &map, &routees, interval).await;
-    tokio::spawn(discovery::follow_nodes(
-        state.clone(),
-        map,
-        routees,
-        shutdown,
-    ));
-    state
-}
-
-/// `scoregrid router --config FILE`.
+/// `scoregrid router --config FILE`: the HTTP API in front of the cluster, following its map.
 pub async fn run_router(config: Config, shutdown: crate::commands::Shutdown) -> Result<()> {
     let identity = identity(&config)?;
-    let map = static_map(&config)?;
-    let clients = clients(&config.cluster.nodes, &identity, transport(&config)?)?;
+    let endpoint = ClientEndpoint::bind(config.router.quic_bind, &identity, transport(&config)?)
+        .with_context(|| format!("cannot bind router.quic_bind {}", config.router.quic_bind))?;
+    let followed = follow_map(
+        endpoint.clone(),
+        seeds(&config, None),
+        FollowSettings {
+            wait: Duration::from_millis(config.router.watch_wait_ms),
+            stale_after: Duration::from_millis(config.raft.stale_after_ms),
+        },
+        shutdown.wait(),
+    );
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     let addr = listener.local_addr()?;
-    let state = start_router(config, map, clients, shutdown.wait()).await;
-    let active = state
-        .view()
-        .and_then(|v| v.map.active_model().cloned())
-        .map_or_else(|| "none yet".to_string(), |v| v.to_string());
+    let state = Arc::new(RouterState::new(config));
+    let make_client: Arc<ClientMaker> = Arc::new(move |node: &NodeInfo| {
+        let addr: SocketAddr = node.address.parse().ok()?;
+        QuicClient::with_endpoint(&endpoint, node.id, addr, node.name.clone())
+            .ok()
+            .map(|c| Arc::new(c) as Arc<dyn NodeClient>)
+    });
+    tokio::spawn(discovery::follow_map(
+        state.clone(),
+        followed,
+        make_client,
+        shutdown.wait(),
+    ));
     crate::commands::print_line(&format!(
-        "scoregrid router listening on http://{addr}, active model: {active}"
+        "scoregrid router listening on http://{addr}, following the cluster map"
     ))?;
     scoregrid_router::serve(state, listener, shutdown.wait()).await?;
     Ok(())

@@ -127,11 +127,16 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
                     .strip_prefix("http://")
                     .and_then(|a| a.parse().ok());
             } else {
+                let config = words
+                    .iter()
+                    .position(|w| *w == "config")
+                    .map(|i| words[i + 1].to_string())
+                    .expect("a config path");
                 members.insert(
                     words[0].to_string(),
                     Member {
                         pid: words[2].parse().unwrap(),
-                        config: words[5].to_string(),
+                        config,
                     },
                 );
             }

@@ -134,7 +134,8 @@ async fn demo_serves_whole_grids_page_by_page_like_the_reference() {
 
     let (status, cluster) = get_json(addr, "/v1/cluster").await;
     assert_eq!(status, 200);
-    assert_eq!(cluster["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(3));
+    assert_eq!(cluster["membership"], "static", "the demo runs no Raft");
     assert_eq!(cluster["placement"]["replication_factor"], 2);
 }
 

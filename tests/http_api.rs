@@ -276,13 +276,25 @@ async fn operational_endpoints_and_unknown_routes() {
     assert_eq!((status, body["model_version"].as_str()), (200, Some("v1")));
     let (status, body) = get_json(addr, "/v1/cluster").await;
     assert_eq!(status, 200);
-    assert_eq!(body["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(body["nodes"].as_array().map(Vec::len), Some(3));
+    for key in [
+        "membership",
+        "leader",
+        "term",
+        "epoch",
+        "stale",
+        "active_version",
+        "versions",
+    ] {
+        assert!(body.get(key).is_some(), "/v1/cluster has {key}: {body}");
+    }
+    assert_eq!(body["active_version"], "v1");
     assert_eq!(body["placement"]["partitions"], 16);
     assert_eq!(
         body["placement"]["replicas"].as_array().map(Vec::len),
         Some(16)
     );
-    assert_eq!(body["models"][0]["state"], "active");
+    assert_eq!(body["versions"][0]["state"], "active");
     let (status, body) = get_json(addr, "/nope").await;
     assert_error(status, &body, 404, "not_found", "no such route");
     let (status, text) = http(addr, "POST", "/v1/recommend", Some("")).await;

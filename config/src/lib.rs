@@ -52,6 +52,7 @@ pub struct Config {
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub node: NodeConfig,
+    pub raft: RaftConfig,
     pub tls: TlsConfig,
     pub transport: TransportConfig,
 }
@@ -198,6 +199,16 @@ impl Config {
             return invalid("transport.streams_max", "must be in 1..=100000");
         }
         self.validate_members()?;
+        self.validate_raft()?;
+        if self.admin_addr().is_err() {
+            return invalid(
+                "node.admin_addr",
+                "must be empty or an address like 127.0.0.2:9100",
+            );
+        }
+        if !(100..=60_000).contains(&self.router.watch_wait_ms) {
+            return invalid("router.watch_wait_ms", "must be in 100..=60000");
+        }
         let d = &self.demo;
         if !(1..=64).contains(&d.nodes) {
             return invalid("demo.nodes", "must be in 1..=64");
@@ -231,6 +242,79 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let r = &self.raft;
+        if !(10..=10_000).contains(&r.heartbeat_ms) {
+            return invalid("raft.heartbeat_ms", "must be in 10..=10000".into());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            return invalid(
+                "raft.election_timeout_min_ms",
+                "must be above raft.heartbeat_ms".into(),
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return invalid(
+                "raft.election_timeout_max_ms",
+                "must be above raft.election_timeout_min_ms".into(),
+            );
+        }
+        for (key, value) in [
+            ("raft.down_after_ms", r.down_after_ms),
+            ("raft.up_after_ms", r.up_after_ms),
+            ("raft.stale_after_ms", r.stale_after_ms),
+        ] {
+            if value < 2 * r.heartbeat_ms {
+                return invalid(key, "must be at least twice raft.heartbeat_ms".into());
+            }
+        }
+        if !(100..=600_000).contains(&r.client_timeout_ms) {
+            return invalid("raft.client_timeout_ms", "must be in 100..=600000".into());
+        }
+        if r.snapshot_logs == 0 {
+            return invalid("raft.snapshot_logs", "must be at least 1".into());
+        }
+        if r.voters.len() > 7 {
+            return invalid("raft.voters", "at most 7 voters".into());
+        }
+        for (i, v) in r.voters.iter().enumerate() {
+            if r.voters[..i].contains(v) {
+                return invalid("raft.voters", format!("{v} is listed twice"));
+            }
+            if !self.cluster.nodes.is_empty() && !self.cluster.nodes.iter().any(|m| m.id == *v) {
+                return invalid("raft.voters", format!("{v} is not one of cluster.nodes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `node.admin_addr`, if one is set.
+    ///
+    /// # Errors
+    /// When it is set and is not a socket address.
+    pub fn admin_addr(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
+        match self.node.admin_addr.trim() {
+            "" => Ok(None),
+            text => text.parse().map(Some),
+        }
+    }
+
+    /// The Raft voters: `raft.voters`, or the lowest ids of `cluster.nodes` (5 when there are
+    /// at least 5, else 3, or all of fewer).
+    pub fn voters(&self) -> Vec<u64> {
+        if !self.raft.voters.is_empty() {
+            let mut voters = self.raft.voters.clone();
+            voters.sort_unstable();
+            return voters;
+        }
+        let mut ids: Vec<u64> = self.cluster.nodes.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        let count = if ids.len() >= 5 { 5 } else { ids.len().min(3) };
+        ids.truncate(count);
+        ids
     }
 
     /// The member entry of `node.id`, for `scoregrid node`.
@@ -340,6 +424,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("node.id"), "{e}");
+    }
+
+    #[test]
+    fn voters_are_derived_or_checked() {
+        let nodes: String = (1..=6)
+            .map(|i| format!("[[cluster.nodes]]\nid = {i}\naddr = \"127.0.0.{}:7000\"\nname = \"node-{i}\"\n", i + 1))
+            .collect();
+        let c = parse(&nodes, &[]).unwrap();
+        assert_eq!(c.voters(), vec![1, 2, 3, 4, 5]);
+        let c = parse(&nodes, &[("SCOREGRID_RAFT_VOTERS", "6,2,4")]).unwrap();
+        assert_eq!(c.voters(), vec![2, 4, 6]);
+        let e = parse(&nodes, &[("SCOREGRID_RAFT_VOTERS", "1,9")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raft.voters") && e.contains("9"), "{e}");
+        let e = parse(&format!("[raft]\nheartbeat_ms = 600\n{nodes}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raft.election_timeout_min_ms"), "{e}");
+        let three: String = nodes
+            .split("[[cluster.nodes]]")
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("[[cluster.nodes]]");
+        assert_eq!(parse(&three, &[]).unwrap().voters(), vec![1, 2, 3]);
     }
 
     #[test]

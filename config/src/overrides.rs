@@ -44,10 +44,11 @@ pub(crate) fn apply_env(
                 message: "not a configuration key (see `scoregrid config` for every key)".into(),
             });
         };
-        let parsed = parse_like(&default, &value).map_err(|message| ConfigError::Env {
-            name: name.clone(),
-            message,
-        })?;
+        let parsed =
+            parse_like(&section, &key, &default, &value).map_err(|message| ConfigError::Env {
+                name: name.clone(),
+                message,
+            })?;
         let entry = table
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -66,10 +67,28 @@ pub(crate) fn apply_env(
     Ok(())
 }
 
-/// Parses an environment string as the same TOML type as the key's default.
-fn parse_like(default: &toml::Value, value: &str) -> Result<toml::Value, String> {
+/// Parses an environment string as the same TOML type as the key's default. Lists of numbers
+/// (`raft.voters`) are written comma-separated: `SCOREGRID_RAFT_VOTERS=1,2,3`.
+fn parse_like(
+    section: &str,
+    key: &str,
+    default: &toml::Value,
+    value: &str,
+) -> Result<toml::Value, String> {
     let bad = |kind: &str| format!("expected {kind}, got {value:?}");
     Ok(match default {
+        toml::Value::Array(_) if (section, key) != ("cluster", "nodes") => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| {
+                    item.parse::<i64>()
+                        .map(toml::Value::Integer)
+                        .map_err(|_| bad("a comma-separated list of integers"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
         toml::Value::String(_) => toml::Value::String(value.to_string()),
         toml::Value::Integer(_) => {
             toml::Value::Integer(value.trim().parse().map_err(|_| bad("an integer"))?)

@@ -93,8 +93,14 @@ pub struct RouterConfig {
     pub breaker_failures: u32,
     /// How long an open circuit stays open before one probe call may try the node again.
     pub breaker_open_ms: u64,
-    /// How often the router asks the nodes which model versions they serve.
+    /// How often the router retries what its view lacks (a directory no node gave yet); map
+    /// changes themselves arrive at once through the watch.
     pub refresh_interval_ms: u64,
+    /// The local address of the router's QUIC traffic to the nodes (port 0: any). Set it to
+    /// the router's own IP so that a firewall rule on that address cuts the router off.
+    pub quic_bind: SocketAddr,
+    /// How long one watch call may wait at a node for the next map change.
+    pub watch_wait_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -106,6 +112,8 @@ impl Default for RouterConfig {
             breaker_failures: 5,
             breaker_open_ms: 2000,
             refresh_interval_ms: 1000,
+            quic_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            watch_wait_ms: 5000,
         }
     }
 }
@@ -185,7 +193,10 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            // openraft's own logs are chatty (state dumps at info, an error line per failed
+            // heartbeat); scoregrid logs the events that matter (elections, nodes marked down,
+            // changes refused). `info,openraft=info` brings them back for debugging.
+            filter: "info,openraft=off".into(),
         }
     }
 }
@@ -220,6 +231,55 @@ pub struct MemberConfig {
     pub addr: SocketAddr,
     /// The name in its certificate (`scoregrid certs issue --name`), checked by TLS.
     pub name: String,
+    /// Its admin HTTP address (`node.admin_addr` in its own configuration), shown in the map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Membership on Raft: who votes, the timings of elections and of the failure detector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Ids of `cluster.nodes` that vote (3 or 5; any other node is a learner). Empty: the
+    /// lowest 5 ids of `cluster.nodes` when there are 5 or more, else the lowest 3 (all when
+    /// fewer). Every process must see the same voters.
+    pub voters: Vec<u64>,
+    /// The leader's heartbeat to every member; also how often the leader's controller looks
+    /// at liveness.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing from a leader for a random time in this range starts an
+    /// election (openraft draws it once per start).
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A node that answers none of the leader's heartbeats for this long is marked down in
+    /// the map (routers stop sending it requests at once).
+    pub down_after_ms: u64,
+    /// A down node must answer for this long before it is marked up again (flap damping).
+    pub up_after_ms: u64,
+    /// A change asked through any node (maintenance, removal, a model flip) that no leader
+    /// with a quorum commits by then fails with "no quorum" (exit code 3).
+    pub client_timeout_ms: u64,
+    /// A process with no contact with a quorum for this long says its map may be stale
+    /// (`"stale": true` in /v1/cluster, `stale_map` in answers).
+    pub stale_after_ms: u64,
+    /// Log entries between two snapshots of the map.
+    pub snapshot_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            voters: Vec::new(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            down_after_ms: 2000,
+            up_after_ms: 2000,
+            client_timeout_ms: 3000,
+            stale_after_ms: 2000,
+            snapshot_logs: 256,
+        }
+    }
 }
 
 /// `scoregrid node`: this node's identity and storage.
@@ -234,6 +294,9 @@ pub struct NodeConfig {
     /// Model versions kept on disk and in RAM beside the active one (for rollback and open
     /// cursors); older ones are deleted when a new version is activated.
     pub versions_retained: u32,
+    /// The node's admin HTTP listener (`host:port`): `/metrics`, `/healthz` and `/v1/status`
+    /// (its own Raft view). Empty: none.
+    pub admin_addr: String,
 }
 
 impl Default for NodeConfig {
@@ -242,6 +305,7 @@ impl Default for NodeConfig {
             id: 0,
             data_dir: PathBuf::from("data"),
             versions_retained: 1,
+            admin_addr: String::new(),
         }
     }
 }

@@ -16,7 +16,8 @@ use scoregrid_wire::message::{NodeStatus, Staged, StagingStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-/// Versions staged at once; staging a further one is refused until one is activated.
+/// Versions staged at once (complete ones waiting for their flip included); staging a further
+/// one is refused until one is activated.
 pub const STAGING_VERSIONS_MAX: usize = 2;
 
 #[derive(Default)]
@@ -92,7 +93,16 @@ impl Node {
                 "version {version} is already hosted here; a new model needs a new version name"
             )));
         }
-        if !staging.contains_key(version) && staging.len() >= STAGING_VERSIONS_MAX {
+        // Complete staged versions wait for their flip in RAM too: they count as staging.
+        let prepared = {
+            let hosted = self.hosted.load();
+            hosted
+                .versions
+                .keys()
+                .filter(|v| !hosted.order.contains(v))
+                .count()
+        };
+        if !staging.contains_key(version) && staging.len() + prepared >= STAGING_VERSIONS_MAX {
             return Err(refused(format!(
                 "{} versions are already staging ({}); activate one first",
                 staging.len(),
@@ -125,10 +135,19 @@ impl Node {
                 list
             })
             .unwrap_or_default();
+        let mut all: Vec<ModelVersion> = hosted.order.clone();
+        let mut prepared: Vec<ModelVersion> = hosted
+            .versions
+            .keys()
+            .filter(|v| !hosted.order.contains(v))
+            .cloned()
+            .collect();
+        prepared.sort();
+        all.extend(prepared);
         NodeStatus {
             node: self.id(),
             active: hosted.active.clone(),
-            hosted: hosted.order.clone(),
+            hosted: all,
             staging,
         }
     }
@@ -153,6 +172,7 @@ impl Node {
             Ok(())
         })?;
         tracing::info!(node = %self.id(), %version, "directory staged");
+        self.prepare_if_complete(control, &version)?;
         Ok(())
     }
 
@@ -179,6 +199,7 @@ impl Node {
             Ok(())
         })?;
         metrics::counter!("scoregrid_node_partitions_staged_total", "node" => self.id().to_string()).increment(1);
+        self.prepare_if_complete(control, &version)?;
         Ok(Staged {
             version,
             partition: id,
@@ -186,60 +207,87 @@ impl Node {
         })
     }
 
+    /// The partitions of `entry` this node must hold that it lacks, named (at most eight).
+    fn not_staged(control: &Control, entry: &Staging) -> Option<String> {
+        let missing: Vec<String> = control
+            .must_hold()
+            .iter()
+            .filter(|p| !entry.partitions.contains_key(p))
+            .map(ToString::to_string)
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "{} partitions not staged yet ({}{})",
+                missing.len(),
+                missing
+                    .iter()
+                    .take(8)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.len() > 8 { ", ..." } else { "" }
+            )
+        })
+    }
+
+    /// A staged version that is complete (its directory and every partition this node must
+    /// hold) leaves staging for what the node serves to requests that name it: ready for the
+    /// cluster-wide flip, which then only has to make it the active one. Returns whether it
+    /// moved.
+    fn prepare_if_complete(
+        &self,
+        control: &Control,
+        version: &ModelVersion,
+    ) -> Result<bool, NodeError> {
+        let ready = self.staging(|staging| {
+            let complete = staging.get(version).is_some_and(|entry| {
+                entry.directory.is_some() && Self::not_staged(control, entry).is_none()
+            });
+            Ok(if complete {
+                staging.remove(version)
+            } else {
+                None
+            })
+        })?;
+        let Some(entry) = ready else {
+            return Ok(false);
+        };
+        let Some(directory) = entry.directory else {
+            return Ok(false);
+        };
+        self.host(directory, entry.partitions.into_values().collect())
+            .map_err(refused)?;
+        tracing::info!(node = %self.id(), %version, "staged version complete: served by name, active on activation");
+        Ok(true)
+    }
+
     /// Serves `version` from now on: a staged version once complete, or a retained one again
-    /// (a rollback).
+    /// (a rollback). `ACTIVE` is written before RAM switches, so that a crash in between leaves
+    /// the node restarting on the version it was about to serve, never on an older one.
     pub(crate) fn activate(&self, version: &ModelVersion) -> Result<(), NodeError> {
         let control = self.control()?;
-        if self.hosted.load().versions.contains_key(version) {
-            // Staged again while hosted (a reload of the same version): nothing new to serve.
-            self.staging(|staging| Ok(staging.remove(version)))?;
-            control.store.set_active(version).map_err(storage)?;
-            self.hosted.rcu(|current| {
-                let mut next = current.as_ref().clone();
-                next.active = Some(version.clone());
-                next
-            });
-            tracing::info!(node = %self.id(), %version, "retained version active again");
+        if !self.hosted.load().versions.contains_key(version) {
+            let reason = self.staging(|staging| {
+                Ok(match staging.get(version) {
+                    None => format!("version {version} is neither staged nor hosted here"),
+                    Some(entry) if entry.directory.is_none() => {
+                        format!("version {version}: the directory is not staged")
+                    }
+                    Some(entry) => format!(
+                        "version {version}: {}",
+                        Self::not_staged(control, entry).unwrap_or_default()
+                    ),
+                })
+            })?;
+            if !self.prepare_if_complete(control, version)? {
+                return Err(refused(reason));
+            }
+        }
+        if self.hosted.load().active.as_ref() == Some(version) {
             return Ok(());
         }
-        let (directory, partitions) = self.staging(|staging| {
-            let entry = staging.get(version).ok_or_else(|| {
-                refused(format!(
-                    "version {version} is neither staged nor hosted here"
-                ))
-            })?;
-            let directory = entry.directory.clone().ok_or_else(|| {
-                refused(format!("version {version}: the directory is not staged"))
-            })?;
-            let missing: Vec<String> = control
-                .must_hold()
-                .iter()
-                .filter(|p| !entry.partitions.contains_key(p))
-                .map(ToString::to_string)
-                .collect();
-            if !missing.is_empty() {
-                return Err(refused(format!(
-                    "version {version}: {} partitions not staged yet ({}{})",
-                    missing.len(),
-                    missing
-                        .iter()
-                        .take(8)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if missing.len() > 8 { ", ..." } else { "" }
-                )));
-            }
-            let Some(entry) = staging.remove(version) else {
-                return Err(refused(format!("version {version} vanished from staging")));
-            };
-            Ok((
-                directory,
-                entry.partitions.into_values().collect::<Vec<_>>(),
-            ))
-        })?;
-        self.install(directory, partitions).map_err(refused)?;
         control.store.set_active(version).map_err(storage)?;
+        self.make_active(version);
         self.apply_retention(control);
         Ok(())
     }
@@ -305,6 +353,15 @@ impl Node {
             tracing::warn!(node = %self.id(), %version, missing = missing.len(), "partitions missing on disk; their other replicas serve them until they are fetched back");
         }
         Ok(Some(version))
+    }
+
+    /// Serves `version` as the active one because the cluster map says so: a hosted version
+    /// (complete staged, or retained), else a staged one that is complete now.
+    ///
+    /// # Errors
+    /// A refusal naming what is missing when this node cannot serve `version`.
+    pub fn follow_active(&self, version: &ModelVersion) -> Result<(), NodeError> {
+        self.activate(version)
     }
 
     /// Records the partitions the cluster map now gives this node (the placement changed).

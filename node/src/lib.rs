@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`hosted`]: the snapshot of versions and partitions a node holds.
 //! - [`control`]: staging, activation, retention and restore, for a node with a data directory.
+//! - [`follow`]: the node following its Raft member's map (epoch, partitions to hold, active
+//!   version) and fetching back the partitions it lacks.
 //! - [`service`]: [`Node`], which answers requests from the snapshot, and its metrics.
 //! - [`local`]: [`LocalClient`], the in-process [`scoregrid_wire::NodeClient`].
 //! - [`rpc`]: [`NodeService`], the node as the network sees it: roles, epoch fencing, where
@@ -16,6 +18,7 @@
 //! - [`store`]: the data directory: partition files, directories, the active marker.
 
 pub mod control;
+pub mod follow;
 pub mod hosted;
 pub mod local;
 pub mod rpc;

@@ -21,7 +21,8 @@ pub(crate) struct Hosted {
     pub(crate) versions: HashMap<ModelVersion, Arc<HostedVersion>>,
     /// The version new requests use; older hosted ones serve open cursors.
     pub(crate) active: Option<ModelVersion>,
-    /// Hosted versions, oldest activation first (retention drops from the front).
+    /// Versions that have been active, oldest activation first (retention drops from the
+    /// front). A version staged complete but never activated is hosted and not in it.
     pub(crate) order: Vec<ModelVersion>,
 }
 
@@ -98,19 +99,47 @@ impl Node {
         partitions: Vec<Partition>,
     ) -> Result<(), String> {
         let version = directory.version.clone();
+        self.host(directory, partitions)?;
+        self.make_active(&version);
+        Ok(())
+    }
+
+    /// Serves `partitions` of the version `directory` describes to requests that name it,
+    /// without making it the active one (a complete staged version, ready for the flip).
+    ///
+    /// # Errors
+    /// As [`Node::install`].
+    pub(crate) fn host(
+        &self,
+        directory: Arc<Directory>,
+        partitions: Vec<Partition>,
+    ) -> Result<(), String> {
+        let version = directory.version.clone();
         let hosted = Arc::new(HostedVersion::new(directory, partitions)?);
         metrics::gauge!("scoregrid_node_vector_bytes", "node" => self.id.to_string(), "version" => version.to_string())
             .set(hosted.vector_bytes() as f64);
         self.hosted.rcu(|current| {
             let mut next = Hosted::clone(current);
             next.versions.insert(version.clone(), hosted.clone());
-            next.order.retain(|v| v != &version);
-            next.order.push(version.clone());
-            next.active = Some(version.clone());
             next
         });
-        tracing::info!(node = %self.id, %version, partitions = hosted.partitions().count(), "model version active");
+        tracing::info!(node = %self.id, %version, partitions = hosted.partitions().count(), "model version hosted");
         Ok(())
+    }
+
+    /// Makes a hosted version the one new requests use; it becomes the newest of the retained
+    /// ones.
+    pub(crate) fn make_active(&self, version: &ModelVersion) {
+        self.hosted.rcu(|current| {
+            let mut next = Hosted::clone(current);
+            if next.versions.contains_key(version) {
+                next.order.retain(|v| v != version);
+                next.order.push(version.clone());
+                next.active = Some(version.clone());
+            }
+            next
+        });
+        tracing::info!(node = %self.id, %version, "model version active");
     }
 
     /// Stops hosting `version`; requests already holding it finish first (they own an `Arc`).

@@ -65,8 +65,10 @@ fn refusal(response: Response) -> String {
     }
 }
 
+/// A staged version is served to requests that name it once it is complete (so that the
+/// cluster-wide flip finds every node ready), and becomes the active one only on activation.
 #[test]
-fn staged_versions_serve_only_after_activation_of_a_complete_set() {
+fn staged_versions_serve_once_complete_and_are_active_only_once_activated() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path());
     let v1 = model("v1", 1.0);
@@ -78,6 +80,14 @@ fn staged_versions_serve_only_after_activation_of_a_complete_set() {
     let message = refusal(node.handle(Request::Activate(ModelVersion::new("v1").unwrap())));
     assert!(message.contains("1 partitions not staged yet"), "{message}");
     stage(&node, &v1, 4);
+    assert!(matches!(
+        customer_vector(&node, "v1", 5),
+        Response::Customer(Some(_))
+    ));
+    match node.handle(Request::Status) {
+        Response::Status(s) => assert_eq!(s.active, None, "complete, not active yet"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         node.handle(Request::Activate(ModelVersion::new("v1").unwrap())),
         Response::Done

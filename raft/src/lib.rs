@@ -20,9 +20,12 @@
 //! - [`protocol`]: the Raft RPCs and the cluster-control requests, as this crate encodes them.
 //! - [`network`]: openraft's network over wire, and the liveness its heartbeats reveal.
 //! - [`peers`]: [`peers::PeerClients`], how a member reaches the others (QUIC, or a test network).
+//! - [`client`]: the cluster from outside the group: [`client::ClusterClient`] and the map
+//!   watch routers run ([`client::follow_map`]).
 //! - [`member`]: [`member::Member`]: the Raft instance, its controller (initialisation,
 //!   learners, failure detection) and the cluster-control service.
 
+pub mod client;
 pub mod command;
 pub mod log_store;
 pub mod map;

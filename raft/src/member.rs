@@ -659,6 +659,10 @@ async fn control(member: Arc<Member>, mut stopped: watch::Receiver<bool>) {
         }
         let metrics = member.metrics();
         publish_metrics(&member, &metrics);
+        if let Err(fatal) = &metrics.running_state {
+            tracing::error!(node = %settings.id, %fatal, "raft has stopped on this node: it takes no part in the cluster until restarted");
+            return;
+        }
         if metrics.current_term != last_term {
             if last_term != 0 {
                 metrics::counter!("scoregrid_raft_term_changes_total").increment(1);

@@ -133,8 +133,10 @@ impl PeerConnection {
                 return Err(Failure::Unreachable(error.to_string()));
             }
             Ok(Err(error)) => return Err(Failure::Network(error.to_string())),
+            // No answer at all within the RPC's time: treat the peer as unreachable, so that
+            // openraft backs off instead of retrying it on every heartbeat.
             Err(_) => {
-                return Err(Failure::Network(format!(
+                return Err(Failure::Unreachable(format!(
                     "member {} did not answer within {} ms",
                     self.target,
                     option.hard_ttl().as_millis()

@@ -1,27 +1,33 @@
-//! Keeps the router's view in step with the nodes. Every `router.refresh_interval_ms` it asks
-//! each node which versions it serves, takes the active version most nodes report, fetches the
-//! directories it lacks from a node that holds them, and swaps in a new view when anything
-//! changed. The router learns everything from the nodes: a restarted router is back in step
-//! after one round.
+//! Keeps the router's view in step with the cluster map. The map comes from the nodes' watch
+//! (`scoregrid_raft::client::follow_map`): on every change, and every
+//! `router.refresh_interval_ms` until nothing is missing, this builds a new [`ClusterView`]:
+//! a routee per node of the map (existing ones kept, so their breakers and latencies carry
+//! over; a node whose address changed gets a new client), and the directory of every version
+//! the map names as active or retired, fetched once from a node that holds it. The active
+//! version is the map's: the router never picks one itself.
 
 use crate::routee::Routee;
-use crate::state::{ClusterView, RouterState};
-use futures_util::future::join_all;
-use scoregrid_raft::{ClusterMap, ModelRecord, ModelState};
+use crate::state::{ClusterView, Membership, RouterState};
+use scoregrid_raft::client::FollowedMap;
+use scoregrid_raft::{ClusterMap, ModelState, NodeInfo, NodeState};
 use scoregrid_shard::{Directory, ModelVersion};
-use scoregrid_wire::NodeId;
 use scoregrid_wire::admin::AdminCalls;
-use scoregrid_wire::message::NodeStatus;
-use std::collections::{BTreeMap, HashMap};
+use scoregrid_wire::{NodeClient, NodeId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
-/// Polls the nodes until `shutdown` completes.
-pub async fn follow_nodes(
+/// Makes the client a routee calls a node through.
+pub type ClientMaker = dyn Fn(&NodeInfo) -> Option<Arc<dyn NodeClient>> + Send + Sync;
+
+/// Follows `followed` until `shutdown`, swapping in a new view whenever the map, its freshness
+/// or the directories known change.
+pub async fn follow_map(
     state: Arc<RouterState>,
-    map: ClusterMap,
-    routees: HashMap<NodeId, Arc<Routee>>,
+    mut followed: watch::Receiver<FollowedMap>,
+    make_client: Arc<ClientMaker>,
     shutdown: impl Future<Output = ()>,
 ) {
     let interval = Duration::from_millis(state.config.router.refresh_interval_ms);
@@ -29,117 +35,126 @@ pub async fn follow_nodes(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let current = followed.borrow_and_update().clone();
+        refresh(&state, &current, make_client.as_ref(), interval).await;
         tokio::select! {
-            _ = tick.tick() => refresh(&state, &map, &routees, interval).await,
+            changed = followed.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
             () = &mut shutdown => return,
         }
     }
 }
 
-/// One round: statuses, the chosen versions, missing directories, a new view if needed.
-pub async fn refresh(
+/// Routees for the nodes of `map`, reusing `current` ones that still point at the same address.
+fn routees_for(
     state: &RouterState,
     map: &ClusterMap,
-    routees: &HashMap<NodeId, Arc<Routee>>,
-    timeout: Duration,
-) {
-    let statuses: Vec<NodeStatus> = join_all(routees.values().map(|r| async move {
-        tokio::time::timeout(timeout, r.client.status())
-            .await
-            .ok()?
-            .ok()
-    }))
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
-    metrics::gauge!("scoregrid_router_nodes_answering").set(statuses.len() as f64);
-
-    let mut votes: BTreeMap<&ModelVersion, usize> = BTreeMap::new();
-    for status in &statuses {
-        if let Some(v) = &status.active {
-            *votes.entry(v).or_default() += 1;
+    current: Option<&ClusterView>,
+    make_client: &ClientMaker,
+) -> HashMap<NodeId, Arc<Routee>> {
+    let policy = state.routee_policy();
+    let mut routees = HashMap::new();
+    for node in &map.nodes {
+        let kept = current.and_then(|view| {
+            let same_address = view.map.node(node.id).map(|n| &n.address) == Some(&node.address);
+            same_address
+                .then(|| view.routees.get(&node.id).cloned())
+                .flatten()
+        });
+        let routee = kept.or_else(|| make_client(node).map(|c| Arc::new(Routee::new(c, policy))));
+        if let Some(routee) = routee {
+            routees.insert(node.id, routee);
         }
     }
-    let active = votes
-        .iter()
-        .max_by_key(|&(v, n)| (*n, *v))
-        .map(|(v, _)| (*v).clone());
-    if votes.len() > 1 {
-        tracing::warn!(
-            ?votes,
-            "nodes disagree on the active version; following the majority"
-        );
-    }
-    let mut hosted: Vec<ModelVersion> = statuses
-        .iter()
-        .flat_map(|s| s.hosted.iter().cloned())
-        .collect();
-    hosted.sort();
-    hosted.dedup();
+    routees
+}
 
+/// One round: a new view if the map, its freshness or the directories changed.
+pub async fn refresh(
+    state: &RouterState,
+    followed: &FollowedMap,
+    make_client: &ClientMaker,
+    timeout: Duration,
+) {
+    let Some(map) = followed.map.as_deref() else {
+        return;
+    };
     let current = state.view();
+    let routees = routees_for(state, map, current.as_deref(), make_client);
+    let wanted: Vec<&ModelVersion> = map
+        .models
+        .iter()
+        .filter(|m| m.state != ModelState::Staging)
+        .map(|m| &m.version)
+        .collect();
     let mut directories: HashMap<ModelVersion, Arc<Directory>> = HashMap::new();
-    for version in &hosted {
+    for version in wanted {
         if let Some(d) = current.as_ref().and_then(|v| v.directories.get(version)) {
             directories.insert(version.clone(), d.clone());
             continue;
         }
-        let holders = statuses
-            .iter()
-            .filter(|s| s.hosted.contains(version))
-            .map(|s| s.node);
-        for node in holders {
-            let Some(routee) = routees.get(&node) else {
-                continue;
-            };
-            match tokio::time::timeout(timeout, routee.client.fetch_directory(version.clone()))
-                .await
-            {
-                Ok(Ok(directory)) => {
-                    tracing::info!(%version, %node, containers = directory.containers.len(), "directory fetched");
-                    directories.insert(version.clone(), Arc::new(directory));
-                    break;
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%version, %node, %error, "cannot fetch the directory")
-                }
-                Err(_) => tracing::warn!(%version, %node, "directory fetch timed out"),
-            }
+        if let Some(directory) = fetch_directory(map, &routees, version, timeout).await {
+            directories.insert(version.clone(), directory);
         }
     }
-
-    let mut models: Vec<ModelRecord> = hosted
-        .iter()
-        .filter(|v| directories.contains_key(*v))
-        .map(|v| ModelRecord {
-            version: v.clone(),
-            state: if Some(v) == active.as_ref() {
-                ModelState::Active
-            } else {
-                ModelState::Retired
-            },
-        })
-        .collect();
-    models.sort_by(|a, b| a.version.cmp(&b.version));
-    let unchanged = current
-        .as_ref()
-        .is_some_and(|v| v.map.models == models && v.directories.len() == directories.len());
+    let membership = Membership::Raft {
+        leader: followed.leader,
+        term: followed.term,
+        stale: followed.stale,
+        source: followed.source,
+    };
+    let unchanged = current.as_ref().is_some_and(|v| {
+        v.map == *map
+            && v.membership == membership
+            && v.directories.len() == directories.len()
+            && v.routees.len() == routees.len()
+            && routees
+                .iter()
+                .all(|(id, r)| v.routees.get(id).is_some_and(|o| Arc::ptr_eq(o, r)))
+    });
     if unchanged {
         return;
     }
-    let mut next_map = map.clone();
-    next_map.epoch =
-        scoregrid_raft::Epoch(current.as_ref().map_or(map.epoch.0, |v| v.map.epoch.0 + 1));
-    next_map.models = models;
-    if let Err(error) = next_map.check() {
-        tracing::error!(%error, "refusing a cluster view that breaks its invariants");
+    if let Err(error) = map.check() {
+        tracing::error!(%error, epoch = %map.epoch, "refusing a cluster map that breaks its invariants");
         return;
     }
-    tracing::info!(active = ?next_map.active_model(), versions = next_map.models.len(), "cluster view updated");
+    metrics::gauge!(crate::telemetry::MAP_STALE).set(f64::from(u8::from(followed.stale)));
+    metrics::gauge!(crate::telemetry::MAP_EPOCH).set(map.epoch.0 as f64);
+    tracing::info!(epoch = %map.epoch, active = ?map.active_model(), stale = followed.stale,
+        directories = directories.len(), "cluster view updated");
     state.set_view(ClusterView::from_parts(
-        next_map,
+        map.clone(),
+        membership,
         directories,
-        routees.clone(),
+        routees,
     ));
+}
+
+/// The directory of `version` from the first node that has it: nodes that are up first.
+async fn fetch_directory(
+    map: &ClusterMap,
+    routees: &HashMap<NodeId, Arc<Routee>>,
+    version: &ModelVersion,
+    timeout: Duration,
+) -> Option<Arc<Directory>> {
+    let mut nodes: Vec<&NodeInfo> = map.nodes.iter().collect();
+    nodes.sort_by_key(|n| n.state != NodeState::Up);
+    for node in nodes {
+        let Some(routee) = routees.get(&node.id) else {
+            continue;
+        };
+        match tokio::time::timeout(timeout, routee.client.fetch_directory(version.clone())).await {
+            Ok(Ok(directory)) => {
+                tracing::info!(%version, node = %node.id, containers = directory.containers.len(), "directory fetched");
+                return Some(Arc::new(directory));
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%version, node = %node.id, %error, "no directory there")
+            }
+            Err(_) => tracing::debug!(%version, node = %node.id, "directory fetch timed out"),
+        }
+    }
+    tracing::warn!(%version, "no node could give the directory of a version the map names");
+    None
 }

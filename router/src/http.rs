@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::params::{RecommendParams, parse_categories_k, parse_unsigned};
 use crate::routee::BreakerState;
 use crate::state::RouterState;
+use crate::state::{ClusterView, Membership};
 use crate::telemetry;
 use axum::Router;
 use axum::body::Bytes;
@@ -16,8 +17,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use scoregrid_raft::NodeState;
+use scoregrid_raft::member::decode_cluster_reply;
+use scoregrid_raft::protocol::{ClusterReply, ClusterRequest, MemberStatus};
 use scoregrid_shard::hashing::mix64;
 use scoregrid_shard::table::top_categories;
+use scoregrid_wire::NodeId;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -352,7 +356,7 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
             let circuit = match r.breaker_state() {
                 BreakerState::Closed { .. } => "closed",
                 BreakerState::Open { .. } => "open",
-                BreakerState::HalfOpen => "half_open",
+                BreakerState::HalfOpen { .. } => "half_open",
             };
             serde_json::json!({
                 "node": id.0,
@@ -365,36 +369,93 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
         })
         .collect();
     routees.sort_by_key(|r| r["node"].as_u64());
+    let (membership, leader, term, stale, source) = match &view.membership {
+        Membership::Static => ("static", None, 0, false, None),
+        Membership::Raft {
+            leader,
+            term,
+            stale,
+            source,
+        } => (
+            "raft",
+            leader.map(|l| l.0),
+            *term,
+            *stale,
+            source.map(|s| s.0),
+        ),
+    };
+    // The leader's own view, for the commit index and when it last heard from each node.
+    let leader_status = match view.membership {
+        Membership::Raft {
+            leader: Some(leader),
+            ..
+        } => leader_status(&view, leader).await,
+        _ => None,
+    };
+    let contact_of = |id: NodeId| {
+        leader_status.as_ref().and_then(|s| {
+            if s.node == id {
+                return Some(0);
+            }
+            s.last_contact_ms
+                .iter()
+                .find(|(n, _)| *n == id)
+                .map(|(_, ms)| *ms)
+        })
+    };
     let body = serde_json::json!({
+        "membership": membership,
+        "leader": leader,
+        "term": term,
         "epoch": map.epoch.0,
-        "membership": {
-            "mode": "static",
-            "leader": null,
-            "term": null,
-            "note": "membership is static configuration until the Raft layer lands",
-        },
-        "members": map.nodes.iter().map(|n| serde_json::json!({
+        "stale": stale,
+        "source": source,
+        "commit_index": leader_status.as_ref().and_then(|s| s.commit_index),
+        "active_version": map.active_model().map(|v| v.as_str()),
+        "nodes": map.nodes.iter().map(|n| serde_json::json!({
             "id": n.id.0,
-            "address": n.address,
-            "role": "data",
+            "addr": n.address,
+            "name": n.name,
             "state": n.state,
+            "voter": n.voter,
+            "admin": n.admin,
+            "partitions": placement.partitions_of(n.id).len(),
+            "last_contact_ms": contact_of(n.id),
         })).collect::<Vec<_>>(),
+        "versions": map.models.iter().map(|m| serde_json::json!({
+            "version": m.version.as_str(),
+            "state": m.state,
+            "containers": view.directories.get(&m.version).map(|d| d.containers.len()),
+            "segments": view.directories.get(&m.version).map(|d| d.segment_count()),
+        })).collect::<Vec<_>>(),
+        "under_replicated_partitions": map.under_replicated(),
         "placement": {
             "partitions": placement.partitions().get(),
             "replication_factor": placement.replication_factor(),
             "load": placement.load().into_iter().map(|(n, count)| (n.0.to_string(), count)).collect::<std::collections::BTreeMap<_, _>>(),
             "replicas": placement.partitions().iter().map(|p| placement.replicas(p).iter().map(|n| n.0).collect::<Vec<_>>()).collect::<Vec<_>>(),
         },
-        "models": map.models.iter().map(|m| serde_json::json!({
-            "version": m.version.as_str(),
-            "state": m.state,
-            "containers": view.directories.get(&m.version).map(|d| d.containers.len()),
-            "segments": view.directories.get(&m.version).map(|d| d.segment_count()),
-        })).collect::<Vec<_>>(),
         "routees": routees,
         "up": map.nodes.iter().filter(|n| n.state == NodeState::Up).count(),
     });
     Ok(json(StatusCode::OK, &body))
+}
+
+/// How long `/v1/cluster` waits for the leader's own status before answering without it.
+const LEADER_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn leader_status(view: &ClusterView, leader: NodeId) -> Option<MemberStatus> {
+    let routee = view.routees.get(&leader)?;
+    let payload = scoregrid_wire::codec::encode(&ClusterRequest::Status).ok()?;
+    let deadline = tokio::time::Instant::now() + LEADER_STATUS_WAIT;
+    let call = routee
+        .client
+        .call_until(scoregrid_wire::Request::Cluster(payload), Some(deadline));
+    let response = tokio::time::timeout_at(deadline, call).await.ok()?.ok()?;
+    match decode_cluster_reply(response) {
+        Ok(ClusterReply::Status(status)) => Some(*status),
+        _ => None,
+    }
 }
 
 async fn metrics_text(State(state): State<Arc<RouterState>>) -> Response {
@@ -428,7 +489,7 @@ async fn readyz(State(state): State<Arc<RouterState>>) -> Response {
     match view.active() {
         Some((version, _)) => json(
             StatusCode::OK,
-            &serde_json::json!({"status": "ready", "model_version": version.as_str(), "epoch": view.map.epoch.0}),
+            &serde_json::json!({"status": "ready", "model_version": version.as_str(), "epoch": view.map.epoch.0, "stale": view.membership.is_stale()}),
         ),
         None => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

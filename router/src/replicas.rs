@@ -2,11 +2,12 @@
 //! the first answer among a partition's replicas, hedged; and the gathering of a pool's
 //! segments, batched per node, hedged, with failover to other replicas.
 
-use crate::routee::Routee;
+use crate::routee::{CallGuard, Routee};
 use crate::scatter::Coverage;
 use crate::state::ClusterView;
 use crate::telemetry;
 use futures_util::future::join_all;
+use scoregrid_raft::NodeState;
 use scoregrid_shard::hashing::{mix64, partition_of_segment};
 use scoregrid_shard::{CustomerId, RankedItem, SegmentKey};
 use scoregrid_wire::{NodeClient, NodeId, RpcError, RpcFuture, ScoreSegments, SegmentTake};
@@ -14,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Instant, timeout_at};
 
-/// One call to one routee, bounded by `deadline`, recorded (outcome and latency).
+/// One call to one routee, bounded by `deadline`, recorded (outcome and latency); a call
+/// dropped before it ends hands back the breaker's probe it may hold ([`CallGuard`]).
 pub(crate) async fn call<T>(
     routee: &Routee,
     deadline: Instant,
@@ -22,10 +24,11 @@ pub(crate) async fn call<T>(
 ) -> Result<T, RpcError> {
     let started = Instant::now();
     let node = routee.client.node();
+    let guard = CallGuard::new(routee);
     let result = timeout_at(deadline, make_call(routee.client.as_ref()))
         .await
         .unwrap_or(Err(RpcError::Timeout(node)));
-    routee.record(result.as_ref().map(|_| ()), started.elapsed());
+    guard.record(result.as_ref().map(|_| ()), started.elapsed());
     result
 }
 
@@ -81,25 +84,40 @@ pub(crate) async fn first_answer<T>(
         }
     }
     if errors.is_empty() {
-        errors.push("no replica is known to this router".into());
+        metrics::counter!(telemetry::FAST_FAILURES).increment(1);
+        errors.push(
+            "no replica can be called now (each is down in the cluster map, has an open circuit, or is unknown)"
+                .into(),
+        );
     }
     Err(errors)
 }
 
-/// `replicas` that the router can call, those with a closed circuit first; replicas with an
-/// open circuit stay at the end as a last resort rather than leaving a partition unanswered.
-fn usable(view: &ClusterView, replicas: &[NodeId]) -> Vec<NodeId> {
-    let known = replicas.iter().filter(|n| view.routees.contains_key(n));
-    let (mut open, mut closed): (Vec<NodeId>, Vec<NodeId>) = (Vec::new(), Vec::new());
-    for &node in known {
-        if view.routees[&node].available() {
-            closed.push(node);
-        } else {
-            open.push(node);
+/// `replicas` that the router may call now, in the order to try them: nodes that are up first,
+/// then those in maintenance or joining (they may still answer). A node the map marks down, or
+/// whose circuit is open, is left out: when nothing is left the request learns it at once
+/// instead of waiting for its deadline on a node that cannot answer.
+pub(crate) fn usable(view: &ClusterView, replicas: &[NodeId]) -> Vec<NodeId> {
+    let mut up = Vec::new();
+    let mut others = Vec::new();
+    for &node in replicas {
+        let Some(routee) = view.routees.get(&node) else {
+            continue;
+        };
+        if !routee.available() {
+            continue;
+        }
+        match view.map.state_of(node) {
+            Some(NodeState::Up) => up.push(node),
+            Some(NodeState::Down) => {}
+            // In-process and static maps know no states beyond Up.
+            None | Some(NodeState::Maintenance | NodeState::Joining | NodeState::Leaving) => {
+                others.push(node);
+            }
         }
     }
-    closed.extend(open);
-    closed
+    up.extend(others);
+    up
 }
 
 /// Replicas in the order to try them: rotated by `spread` so that the load of a partition's

@@ -2,10 +2,13 @@
 //! latencies that set its hedging delay.
 //!
 //! Breaker: `breaker_failures` consecutive transport failures (unreachable, timeout,
-//! incompatible) open the circuit; while open, the node's replicas are skipped (unless a
-//! segment has no other replica left); after `breaker_open_ms` one probe call may go through,
-//! and its outcome closes or re-opens the circuit. A node answering with an application error
-//! (say, a version it does not hold) is healthy: that does not count.
+//! incompatible) open the circuit; while open, the node is not called; after `breaker_open_ms`
+//! one probe call may go through, and its outcome closes or re-opens the circuit. A node
+//! answering with an application error (say, a version it does not hold) is healthy: that does
+//! not count. The probe belongs to the call that makes it ([`Routee::claim`], just before
+//! calling): a call that is dropped before it records its outcome (a hedge won the race) hands
+//! the probe back ([`CallGuard`]), and a probe not recorded within `breaker_open_ms` expires, so
+//! a recovered node always gets traffic again.
 //!
 //! Hedging delay: the p95 of the node's last [`LATENCY_WINDOW`] successful calls, clamped to
 //! the configured floor and ceiling; the ceiling until [`LATENCY_SAMPLES_MIN`] samples exist.
@@ -28,8 +31,11 @@ pub enum BreakerState {
     Open {
         until: Instant,
     },
-    /// One probe is in flight; everyone else treats the node as unavailable.
-    HalfOpen,
+    /// One probe is in flight since then; everyone else treats the node as unavailable until
+    /// it is recorded, handed back, or expires.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// Breaker and hedging settings, from `[router]`.
@@ -88,19 +94,48 @@ impl Routee {
             .map_or(BreakerState::Closed { failures: 0 }, |b| *b)
     }
 
-    /// Whether a call may go to this node now. Moving an expired open circuit to half-open
-    /// hands the probe to this caller.
+    /// Whether a call may go to this node now (without claiming anything: see
+    /// [`Routee::claim`]).
     pub fn available(&self) -> bool {
-        let Ok(mut breaker) = self.breaker.lock() else {
+        let Ok(breaker) = self.breaker.lock() else {
             return true;
         };
+        let now = Instant::now();
         match *breaker {
             BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } if Instant::now() >= until => {
-                *breaker = BreakerState::HalfOpen;
-                true
-            }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+            BreakerState::Open { until } => now >= until,
+            BreakerState::HalfOpen { since } => now >= since + self.policy.breaker_open,
+        }
+    }
+
+    /// Claims the right to call now: always for a closed circuit; for an open one whose time
+    /// is up (or an unanswered probe that expired), the probe. Returns whether the call is a
+    /// probe (then its outcome must be recorded or the guard dropped). A node that is not
+    /// available is still called when the caller has nowhere else to go; that is not a probe.
+    pub fn claim(&self) -> bool {
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let probe = match *breaker {
+            BreakerState::Closed { .. } => false,
+            BreakerState::Open { until } => now >= until,
+            BreakerState::HalfOpen { since } => now >= since + self.policy.breaker_open,
+        };
+        if probe {
+            *breaker = BreakerState::HalfOpen { since: now };
+        }
+        probe
+    }
+
+    /// A probe whose call was dropped before its outcome: the next caller may probe at once.
+    fn hand_back_probe(&self) {
+        if let Ok(mut breaker) = self.breaker.lock()
+            && matches!(*breaker, BreakerState::HalfOpen { .. })
+        {
+            *breaker = BreakerState::Open {
+                until: Instant::now(),
+            };
         }
     }
 
@@ -155,7 +190,7 @@ impl Routee {
             BreakerState::Closed { failures } => BreakerState::Closed {
                 failures: failures + 1,
             },
-            BreakerState::HalfOpen | BreakerState::Open { .. } => open,
+            BreakerState::HalfOpen { .. } | BreakerState::Open { .. } => open,
         };
     }
 
@@ -184,6 +219,38 @@ impl Routee {
             0 => self.policy.hedge_delay_max,
             us => Duration::from_micros(us)
                 .clamp(self.policy.hedge_delay_min, self.policy.hedge_delay_max),
+        }
+    }
+}
+
+/// Held by a call while it runs: if the call is dropped before its outcome is recorded (a
+/// hedge answered first), its probe, if it was one, is handed back.
+pub struct CallGuard<'a> {
+    routee: &'a Routee,
+    probe: bool,
+    recorded: bool,
+}
+
+impl<'a> CallGuard<'a> {
+    pub fn new(routee: &'a Routee) -> Self {
+        let probe = routee.claim();
+        Self {
+            routee,
+            probe,
+            recorded: false,
+        }
+    }
+
+    pub fn record(mut self, result: Result<(), &RpcError>, elapsed: Duration) {
+        self.recorded = true;
+        self.routee.record(result, elapsed);
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            self.routee.hand_back_probe();
         }
     }
 }
@@ -226,9 +293,11 @@ mod tests {
         r.record(Err(&unreachable), Duration::ZERO);
         assert!(!r.available(), "open after 3 failures");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(r.available(), "one probe after the open period");
-        assert!(!r.available(), "only one probe");
-        r.record(Ok(()), Duration::from_millis(1));
+        assert!(r.available(), "a probe may go after the open period");
+        assert!(r.available(), "looking does not take the probe");
+        let probe = CallGuard::new(&r);
+        assert!(!r.available(), "only one probe at a time");
+        probe.record(Ok(()), Duration::from_millis(1));
         assert!(r.available() && r.available(), "closed after a good probe");
         // Application errors do not count.
         let remote = RpcError::Remote {
@@ -239,6 +308,29 @@ mod tests {
             r.record(Err(&remote), Duration::ZERO);
         }
         assert!(r.available());
+    }
+
+    /// The defect this guards against: a probe handed to a caller that never called, or whose
+    /// call lost a hedge race and was dropped, left the circuit half-open for ever, and the
+    /// recovered node got no traffic again.
+    #[test]
+    fn a_dropped_or_unanswered_probe_never_shuts_the_node_out() {
+        let r = routee(Duration::from_millis(30));
+        let unreachable = RpcError::Unreachable(NodeId(1), "down".into());
+        for _ in 0..3 {
+            r.record(Err(&unreachable), Duration::ZERO);
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        let dropped = CallGuard::new(&r);
+        assert!(!r.available());
+        drop(dropped);
+        assert!(r.available(), "a dropped probe is handed back at once");
+        let _silent = CallGuard::new(&r);
+        assert!(!r.available());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(r.available(), "an unanswered probe expires");
+        CallGuard::new(&r).record(Ok(()), Duration::from_millis(1));
+        assert_eq!(r.breaker_state(), BreakerState::Closed { failures: 0 });
     }
 
     #[test]

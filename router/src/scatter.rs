@@ -147,15 +147,22 @@ impl RouterState {
         metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "merge")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(telemetry::ITEMS_RETURNED).increment(items.len() as u64);
-        if gathered.coverage.answered < gathered.coverage.segments {
+        let mut coverage = gathered.coverage;
+        if coverage.answered < coverage.segments {
             metrics::counter!(telemetry::PARTIAL_ANSWERS).increment(1);
+        }
+        if view.membership.is_stale() {
+            // Exact for the version it names, but this router has lost contact with the quorum:
+            // that version may no longer be the cluster's active one.
+            metrics::counter!(telemetry::STALE_ANSWERS).increment(1);
+            coverage.degraded.insert("stale_map");
         }
         Ok(Recommendation {
             version,
             personalized,
             items,
             next_cursor,
-            coverage: gathered.coverage,
+            coverage,
         })
     }
 

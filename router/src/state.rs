@@ -15,8 +15,32 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// Where the router's map comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// A map handed to the router once (the demo's in-process cluster, tests): no Raft.
+    Static,
+    /// The Raft-replicated map, followed through the nodes' watch.
+    Raft {
+        leader: Option<NodeId>,
+        term: u64,
+        /// No node in contact with a quorum has answered for `raft.stale_after_ms`: the map
+        /// may be out of date. Reads go on from it, and say so.
+        stale: bool,
+        /// The node the map came from.
+        source: Option<NodeId>,
+    },
+}
+
+impl Membership {
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Membership::Raft { stale: true, .. })
+    }
+}
+
 pub struct ClusterView {
     pub map: ClusterMap,
+    pub membership: Membership,
     /// Directories of the retained model versions (the active one and those kept for cursors).
     pub directories: HashMap<ModelVersion, Arc<Directory>>,
     pub routees: HashMap<NodeId, Arc<Routee>>,
@@ -31,6 +55,7 @@ impl ClusterView {
     ) -> Self {
         Self {
             map,
+            membership: Membership::Static,
             directories: directories
                 .into_iter()
                 .map(|d| (d.version.clone(), Arc::new(d)))
@@ -45,11 +70,13 @@ impl ClusterView {
     /// A view over routees that outlive it (their breakers and latencies carry over).
     pub fn from_parts(
         map: ClusterMap,
+        membership: Membership,
         directories: HashMap<ModelVersion, Arc<Directory>>,
         routees: HashMap<NodeId, Arc<Routee>>,
     ) -> Self {
         Self {
             map,
+            membership,
             directories,
             routees,
         }

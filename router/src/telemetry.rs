@@ -13,6 +13,14 @@ pub const NODE_CALL_ERRORS: &str = "scoregrid_router_node_call_errors_total";
 pub const ITEMS_RETURNED: &str = "scoregrid_recommend_items_total";
 pub const HEDGES: &str = "scoregrid_router_hedges_total";
 pub const HEDGES_WON: &str = "scoregrid_router_hedges_won_total";
+/// The epoch of the cluster map the router follows.
+pub const MAP_EPOCH: &str = "scoregrid_router_map_epoch";
+/// 1 while the router's map may be out of date (no node in contact with a quorum answers).
+pub const MAP_STALE: &str = "scoregrid_router_map_stale";
+/// Answers given from a map that may be out of date (`stale_map` in `coverage.degraded`).
+pub const STALE_ANSWERS: &str = "scoregrid_recommend_stale_map_total";
+/// Requests answered at once because no replica of a needed partition could be called.
+pub const FAST_FAILURES: &str = "scoregrid_router_no_replica_total";
 
 /// How often histogram samples are folded into their buckets. At 30,000 requests/s and four
 /// samples per request, one interval holds at most ~5 MB of samples.
