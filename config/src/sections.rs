@@ -113,7 +113,7 @@ impl Default for RouterConfig {
             breaker_open_ms: 2000,
             refresh_interval_ms: 1000,
             quic_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-            watch_wait_ms: 5000,
+            watch_wait_ms: 2000,
         }
     }
 }

@@ -260,7 +260,8 @@ async fn follow(
         let Ok(payload) = scoregrid_wire::codec::encode(&request) else {
             return;
         };
-        let deadline = Instant::now() + wait + Duration::from_secs(2);
+        // A node answers a watch by `wait`; half a second more and it is taken for gone.
+        let deadline = Instant::now() + wait + Duration::from_millis(500);
         let call = client.call_until(Request::Cluster(payload), Some(deadline));
         let outcome = tokio::select! {
             outcome = tokio::time::timeout_at(deadline, call) => Some(outcome),

@@ -228,8 +228,11 @@ impl Member {
         let contact = self.quorum_contact(&metrics);
         let map = self.map();
         let now = Instant::now();
+        // Only a leader hears from every member; a follower's old table would mislead.
+        let leading = metrics.state == ServerState::Leader;
         let last_contact_ms = map
             .iter()
+            .filter(|_| leading)
             .flat_map(|m| m.nodes.iter())
             .filter(|n| n.id != self.settings.id)
             .filter_map(|n| {
@@ -400,11 +403,26 @@ impl Member {
             || metrics.last_log_index.is_some()
     }
 
-    /// The map once its epoch is above `after`, or the current one at `until`.
+    /// The map once its epoch is above `after`, or once this member loses (or regains) its
+    /// contact with a quorum, else the current one at `until`: a watcher learns at once both of
+    /// a change and that this member can no longer vouch for its map.
     async fn watch(&self, after: Epoch, until: Instant) -> MapView {
         let mut maps = self.subscribe();
+        let stale_at_start = self.is_stale();
         let newer = |map: &Option<Arc<ClusterMap>>| map.as_ref().is_some_and(|m| m.epoch > after);
-        let _ = tokio::time::timeout_at(until, maps.wait_for(newer)).await;
+        let staleness_changed = async {
+            let mut tick = tokio::time::interval(self.settings.heartbeat);
+            loop {
+                tick.tick().await;
+                if self.is_stale() != stale_at_start {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout_at(until, maps.wait_for(newer)) => {}
+            () = staleness_changed => {}
+        }
         self.view()
     }
 

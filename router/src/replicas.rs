@@ -32,6 +32,23 @@ pub(crate) async fn call<T>(
     result
 }
 
+/// [`call`] for a node of `view`: a node the map marks down has its circuit opened by its first
+/// transport failure (the map and the failure agree: it is gone).
+pub(crate) async fn call_on<T>(
+    view: &ClusterView,
+    routee: &Routee,
+    deadline: Instant,
+    make_call: impl FnOnce(&dyn NodeClient) -> RpcFuture<T>,
+) -> Result<T, RpcError> {
+    let result = call(routee, deadline, make_call).await;
+    if let Err(error) = &result
+        && view.map.state_of(routee.client.node()) == Some(NodeState::Down)
+    {
+        routee.trip(error);
+    }
+    result
+}
+
 /// Asks `replicas` (available ones first) until one answers; the errors of all otherwise.
 /// A replica that has not answered within its hedging delay gets company: the next replica is
 /// asked too, and the first answer wins. A failed call moves on to the next replica at once.
@@ -54,7 +71,7 @@ pub(crate) async fn first_answer<T>(
     let launch =
         |next: &mut usize, in_flight: &mut FuturesUnordered<_>, hedge_at: &mut Option<Instant>| {
             if let Some(routee) = order.get(*next) {
-                in_flight.push(call(routee, deadline, &make_call));
+                in_flight.push(call_on(view, routee, deadline, &make_call));
                 *next += 1;
                 *hedge_at = order
                     .get(*next)
@@ -94,12 +111,16 @@ pub(crate) async fn first_answer<T>(
 }
 
 /// `replicas` that the router may call now, in the order to try them: nodes that are up first,
-/// then those in maintenance or joining (they may still answer). A node the map marks down, or
-/// whose circuit is open, is left out: when nothing is left the request learns it at once
-/// instead of waiting for its deadline on a node that cannot answer.
+/// then those in maintenance or joining (they may still answer), then those the map marks down
+/// (the leader cannot reach them, but this router may: a leader cut off by a partition marks
+/// down nodes that serve perfectly well). A node whose circuit is open is left out: when
+/// nothing is left the request learns it at once instead of waiting for its deadline on a node
+/// that cannot answer. A node marked down trips its circuit on its first failure
+/// ([`call_on`]), so a dead one costs at most one call.
 pub(crate) fn usable(view: &ClusterView, replicas: &[NodeId]) -> Vec<NodeId> {
     let mut up = Vec::new();
     let mut others = Vec::new();
+    let mut down = Vec::new();
     for &node in replicas {
         let Some(routee) = view.routees.get(&node) else {
             continue;
@@ -109,7 +130,7 @@ pub(crate) fn usable(view: &ClusterView, replicas: &[NodeId]) -> Vec<NodeId> {
         }
         match view.map.state_of(node) {
             Some(NodeState::Up) => up.push(node),
-            Some(NodeState::Down) => {}
+            Some(NodeState::Down) => down.push(node),
             // In-process and static maps know no states beyond Up.
             None | Some(NodeState::Maintenance | NodeState::Joining | NodeState::Leaving) => {
                 others.push(node);
@@ -117,6 +138,7 @@ pub(crate) fn usable(view: &ClusterView, replicas: &[NodeId]) -> Vec<NodeId> {
         }
     }
     up.extend(others);
+    up.extend(down);
     up
 }
 
@@ -238,6 +260,7 @@ async fn call_batch(
     let routee = &view.routees[&node];
     let keys: Vec<SegmentKey> = members.iter().map(|p| p.take.key).collect();
     let primary = score_on(
+        view,
         routee,
         members.iter().map(|p| p.take).collect(),
         request,
@@ -268,7 +291,7 @@ async fn call_batch(
     let hedge = join_all(
         alternatives
             .into_iter()
-            .map(|(alt, takes)| score_on(&view.routees[&alt], takes, request, deadline)),
+            .map(|(alt, takes)| score_on(view, &view.routees[&alt], takes, request, deadline)),
     );
     let hedge = async move {
         let mut combined = BatchOutcome {
@@ -307,6 +330,7 @@ async fn call_batch(
 
 /// One `ScoreSegments` call to one routee.
 async fn score_on(
+    view: &ClusterView,
     routee: &Routee,
     segments: Vec<SegmentTake>,
     request: &ScoreSegments,
@@ -315,7 +339,7 @@ async fn score_on(
     let keys: Vec<SegmentKey> = segments.iter().map(|t| t.key).collect();
     let mut request = request.clone();
     request.segments = segments;
-    match call(routee, deadline, |client| {
+    match call_on(view, routee, deadline, |client| {
         client.score_segments(request, Some(deadline))
     })
     .await

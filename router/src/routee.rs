@@ -128,6 +128,22 @@ impl Routee {
         probe
     }
 
+    /// Opens the circuit now after a transport failure (a node the map marks down that fails
+    /// once is not worth `breaker_failures` calls).
+    pub fn trip(&self, error: &RpcError) {
+        if !is_transport_failure(error) {
+            return;
+        }
+        if let Ok(mut breaker) = self.breaker.lock() {
+            if matches!(*breaker, BreakerState::Closed { .. }) {
+                tracing::info!(node = %self.client.node(), %error, "circuit opened: the node is down in the map and failed");
+            }
+            *breaker = BreakerState::Open {
+                until: Instant::now() + self.policy.breaker_open,
+            };
+        }
+    }
+
     /// A probe whose call was dropped before its outcome: the next caller may probe at once.
     fn hand_back_probe(&self) {
         if let Ok(mut breaker) = self.breaker.lock()
