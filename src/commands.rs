@@ -84,6 +84,11 @@ impl Shutdown {
         Self { sender }
     }
 
+    /// Sets the shutdown (the process stops on its own account).
+    pub fn trigger(&self) {
+        self.sender.send_replace(true);
+    }
+
     /// Completes once the shutdown is set.
     pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut receiver = self.sender.subscribe();

@@ -276,10 +276,28 @@ pub async fn run_node(
         server.clock().clone(),
         Some(Arc::new(RaftMember(raft_member.clone()))),
     );
+    // A node whose Raft has stopped takes no part in the cluster any more: stop the process
+    // (with an error, so that a supervisor restarts it) rather than serve on silently.
+    let failure = {
+        let member = raft_member.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let reason = member.failed().await;
+            tracing::error!(%reason, "the node's Raft member stopped: shutting the node down");
+            shutdown.trigger();
+            reason
+        })
+    };
     server
         .serve(Arc::new(service) as Arc<dyn Service>, shutdown.wait())
         .await;
+    // Asked before shutting the member down, which stops it too.
+    let failed = failure.is_finished();
+    failure.abort();
     raft_member.shutdown().await;
+    if failed {
+        anyhow::bail!("the node's Raft member stopped; see the log above for why");
+    }
     Ok(())
 }
 

@@ -9,6 +9,9 @@
 //!    2-side cannot change the map (exit code 3, "no quorum") and says it is stale; the 3-side
 //!    elects a leader and changes the map; reads through the router stay exact.
 //! 4. Healing converges: every node reports the same leader and epoch, none stale.
+//! 5. Roles: a router's certificate cannot change membership, a loader's cannot remove a node.
+//! 6. A node whose data directory was wiped rejoins and stages the active version from its peers.
+//! 7. A new node joins through any node (state joining, holding nothing) and is removed.
 //!
 //! The split needs `nft` and root: without them this test fails and says why (never a silent
 //! skip); `.ci/run` installs nftables.
@@ -231,9 +234,17 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_leader_loss_and_a_split_brain() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // E2E_KEEP_DIR=1 keeps the working directory (every process's log) for a look.
+    let temp = tempfile::tempdir().expect("tempdir");
+    let root = if std::env::var_os("E2E_KEEP_DIR").is_some() {
+        let kept = temp.keep();
+        eprintln!("working directory kept: {}", kept.display());
+        kept
+    } else {
+        temp.path().to_path_buf()
+    };
     let (model_dir, reference) = common::generated_model(
-        dir.path(),
+        &root,
         &[
             "--customers",
             "200",
@@ -249,7 +260,7 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
             "21",
         ],
     );
-    let work = dir.path().join("cluster");
+    let work = root.join("cluster");
     let env = [
         ("SCOREGRID_MODEL_SEGMENT_PRODUCTS_MAX", "32"),
         ("SCOREGRID_PLACEMENT_PARTITIONS", "64"),
@@ -384,6 +395,7 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
     reads_are_exact(router, &customers, grid, &reference, "old leader down").await;
 
     // 2. Restart it from its data directory: it is marked up again.
+    let killed = leader;
     let restarted = ChildGuard::start(&["--config", &members[&leader].config, "node"], &[]);
     restarted.wait_for_line("listening on quic://", 60);
     let (_, up_after) = wait_until(
@@ -566,6 +578,160 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
     .await;
     assert_eq!(code, 0, "{out} {err}");
     reads_are_exact(router, &customers, grid, &reference, "after the heal").await;
+
+    // 5. Roles from certificates: a router's certificate cannot change membership, a loader's
+    // cannot remove a node.
+    let router_config = work.join("router.toml").to_str().expect("utf-8").to_owned();
+    let (code, _, err) = operate(
+        &router_config,
+        &["cluster", "maintenance", &target.to_string(), "on"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not allowed") && err.contains("operator"),
+        "{err}"
+    );
+    let loader_config = config_with(&work.join("router.toml"), |c| {
+        c.tls.cert = work.join("certs/loader.pem");
+        c.tls.key = work.join("certs/loader.key");
+    });
+    let loader_path = work.join("loader.toml");
+    std::fs::write(&loader_path, loader_config).expect("write loader.toml");
+    let (code, _, err) = operate(
+        loader_path.to_str().expect("utf-8"),
+        &["cluster", "remove", &target.to_string()],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not allowed"), "{err}");
+
+    // 6. A node whose data directory was wiped rejoins: it follows the map again and stages the
+    // active version from its peers.
+    let leader_now = cluster_view(router).await["leader"]
+        .as_u64()
+        .expect("a leader");
+    // Not the leader, and not the node restarted above (its first process is gone).
+    let wiped = *members
+        .keys()
+        .find(|&&id| id != leader_now && id != killed)
+        .expect("a follower");
+    let wiped_member = members[&wiped].clone();
+    kill9(wiped_member.pid);
+    let data_dir = work.join("data").join(format!("node-{wiped}"));
+    std::fs::remove_dir_all(&data_dir).expect("wipe the data directory");
+    let rejoined = ChildGuard::start(&["--config", &wiped_member.config, "node"], &[]);
+    rejoined.wait_for_line("listening on quic://", 60);
+    let (_, rejoined_after) = wait_until(
+        "the wiped node serves the active version again",
+        Duration::from_secs(60),
+        || async {
+            match node_status(wiped_member.admin).await {
+                Some(s)
+                    if s["stale"] == false
+                        && s["models"]["active"] == "synthetic-1"
+                        && s["epoch"].as_u64() >= Some(epoch) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "node n{wiped} wiped and restarted: serving the active version after {rejoined_after:?}"
+    );
+    reads_are_exact(router, &customers, grid, &reference, "after the rejoin").await;
+
+    // 7. A new node joins through any node (state joining, holding nothing), then is removed.
+    let certs = work.join("certs");
+    common::run_scoregrid(&[
+        "certs",
+        "issue",
+        "--dir",
+        certs.to_str().expect("utf-8"),
+        "--name",
+        "node-6",
+        "--san",
+        "127.0.0.7",
+    ]);
+    let quic6 = std::net::UdpSocket::bind("127.0.0.7:0")
+        .expect("a port on 127.0.0.7")
+        .local_addr()
+        .expect("addr");
+    let joiner = config_with(std::path::Path::new(&members[&1].config), |c| {
+        c.node.id = 6;
+        c.node.data_dir = work.join("data/node-6");
+        c.node.admin_addr = String::new();
+        c.tls.cert = certs.join("node-6.pem");
+        c.tls.key = certs.join("node-6.key");
+        c.cluster.nodes.push(scoregrid_config::MemberConfig {
+            id: 6,
+            addr: quic6,
+            name: "node-6".into(),
+            admin: None,
+        });
+    });
+    let joiner_path = work.join("node-6.toml");
+    std::fs::write(&joiner_path, joiner).expect("write node-6.toml");
+    let via = members[&1].quic.to_string();
+    let joined = ChildGuard::start(
+        &[
+            "--config",
+            joiner_path.to_str().expect("utf-8"),
+            "node",
+            "--join",
+            &via,
+        ],
+        &[],
+    );
+    joined.wait_for_line("listening on quic://", 60);
+    wait_until("node 6 joins", Duration::from_secs(30), || async {
+        let view = cluster_view(router).await;
+        let node6 = view["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == 6).cloned());
+        match node6 {
+            Some(n) if n["state"] == "joining" && n["voter"] == false && n["partitions"] == 0 => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (code, out, err) = operate(&client, &["cluster", "remove", "6"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    wait_until("node 6 leaves the map", Duration::from_secs(30), || async {
+        let view = cluster_view(router).await;
+        if view["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["id"] != 6))
+        {
+            Ok(())
+        } else {
+            Err(view["nodes"].to_string())
+        }
+    })
+    .await;
+    drop(joined);
+    drop(rejoined);
     drop(restarted);
     drop(cluster);
+}
+
+/// The configuration in `path`, changed by `change`, as TOML.
+fn config_with(
+    path: &std::path::Path,
+    change: impl FnOnce(&mut scoregrid_config::Config),
+) -> String {
+    let text = std::fs::read_to_string(path).expect("read a configuration");
+    let mut config = scoregrid_config::Config::from_toml_str(
+        &text,
+        &path.display().to_string(),
+        std::iter::empty(),
+    )
+    .expect("a valid configuration");
+    change(&mut config);
+    config.to_toml()
 }

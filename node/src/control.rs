@@ -364,6 +364,23 @@ impl Node {
         self.activate(version)
     }
 
+    /// What is staged of `version` here: whether its directory is, and which partitions.
+    /// `None` when nothing of it is staging (it may be hosted already).
+    pub fn staging_progress(&self, version: &ModelVersion) -> Option<(bool, Vec<PartitionId>)> {
+        let control = self.control.as_ref()?;
+        let staging = control.staging.lock().ok()?;
+        let entry = staging.get(version)?;
+        Some((
+            entry.directory.is_some(),
+            entry.partitions.keys().copied().collect(),
+        ))
+    }
+
+    /// Whether `version` is hosted here (complete: servable by name).
+    pub fn hosts(&self, version: &ModelVersion) -> bool {
+        self.hosted.load().versions.contains_key(version)
+    }
+
     /// Records the partitions the cluster map now gives this node (the placement changed).
     pub fn set_must_hold(&self, partitions: Vec<PartitionId>) {
         if let Some(control) = self.control.as_ref() {

@@ -178,6 +178,20 @@ impl Member {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Completes when openraft has stopped on a fatal error (storage failure, panic), with its
+    /// reason: the node can no longer take part in the cluster and should be restarted.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft's metrics channel closed".into();
+            }
+        }
+    }
+
     /// Stops the controller and openraft.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);

@@ -282,9 +282,31 @@ impl ClientInner {
         let frame = codec::encode_frame(&envelope, config.frame_bytes_max)
             .map_err(|error| self.transport(format!("request not sent: {error}")))?;
         let connection = self.connection().await?;
-        match timeout(config.request_timeout, self.exchange(&connection, &frame)).await {
+        let received_before = connection.stats().udp_rx.datagrams;
+        let exchange = self.exchange(&connection, &frame);
+        let outcome = match deadline {
+            Some(at) => {
+                tokio::time::timeout_at(
+                    at.min(tokio::time::Instant::now() + config.request_timeout),
+                    exchange,
+                )
+                .await
+            }
+            None => timeout(config.request_timeout, exchange).await,
+        };
+        match outcome {
             Ok(result) => result,
-            Err(_) => Err(RpcError::Timeout(self.node)),
+            Err(_) => {
+                // Not even an acknowledgement of the request came back (a live peer acknowledges
+                // within milliseconds): the peer is gone, though the connection will only notice
+                // at its idle timeout. Drop it, so that the next call connects afresh (to a
+                // restarted process, say) instead of waiting on a dead one.
+                if connection.stats().udp_rx.datagrams == received_before {
+                    debug!(node = %self.node, addr = %self.addr, "no packet from the peer during a call: reconnecting on the next one");
+                    connection.close(VarInt::from_u32(CLOSE_NORMAL), b"peer silent");
+                }
+                Err(RpcError::Timeout(self.node))
+            }
         }
     }
 
