@@ -411,6 +411,30 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
     )
     .await;
     eprintln!("node n{leader} restarted: marked up after {up_after:?}");
+    // And it gets traffic again (its circuit, opened while it was gone, closes on a probe).
+    let calls_of = |view: &Value, id: u64| {
+        view["routees"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["node"] == id))
+            .and_then(|r| r["calls"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = calls_of(&cluster_view(router).await, leader);
+    wait_until(
+        "the restarted node gets traffic",
+        Duration::from_secs(20),
+        || async {
+            reads_are_exact(router, &customers, grid, &reference, "after the restart").await;
+            let view = cluster_view(router).await;
+            let (calls, circuit) = (calls_of(&view, leader), view["routees"].to_string());
+            if calls > before + 5 {
+                Ok(())
+            } else {
+                Err(format!("calls {before} -> {calls}: {circuit}"))
+            }
+        },
+    )
+    .await;
 
     // 3. A 2|3 split with the current leader on the 2-side.
     let leader = cluster_view(router).await["leader"]

@@ -29,6 +29,12 @@ pub const REPAIR_RETRY: Duration = Duration::from_secs(2);
 pub struct RaftMember(pub Arc<Member>);
 
 impl Membership for RaftMember {
+    fn is_member(&self, certificate_name: &str) -> bool {
+        self.0
+            .map()
+            .is_some_and(|map| map.nodes.iter().any(|n| n.name == certificate_name))
+    }
+
     fn raft(
         &self,
         payload: Vec<u8>,

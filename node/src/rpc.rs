@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | fetch customer, score segments, score products, status, fetch directory | any |
 //! | stage directory, stage partition, activate | loader, operator |
-//! | read partition (a peer repairing its copy) | node |
+//! | read partition (a peer repairing its copy) | node, whose certificate name is a node's of the map |
 //! | Raft messages | node, whose certificate name is that of the member it claims to be |
 //! | cluster control (map watch, status, membership, model commands) | decided per command by the membership layer |
 
@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// The membership layer's side of a node's RPCs: Raft messages and cluster control, answered
 /// asynchronously. Implemented by the Raft member (`scoregrid_raft`) of the node process.
 pub trait Membership: Send + Sync + 'static {
+    /// Whether a node of the cluster map holds a certificate of this name: node-to-node calls
+    /// come only from members.
+    fn is_member(&self, certificate_name: &str) -> bool;
     fn raft(
         &self,
         payload: Vec<u8>,
@@ -74,6 +77,17 @@ impl NodeService {
             }
             Request::ReadPartition(_) | Request::Raft(_) => &[Role::Node],
         };
+        let not_a_member = matches!(request, Request::ReadPartition(_))
+            && self
+                .membership
+                .as_ref()
+                .is_some_and(|m| !m.is_member(&caller.peer.name));
+        if not_a_member {
+            return Err(NodeError::NotAllowed(format!(
+                "read_partition is for nodes of the cluster map; no node holds the certificate {:?}",
+                caller.peer.name
+            )));
+        }
         if !allowed.contains(&role) {
             return Err(NodeError::NotAllowed(format!(
                 "{} needs a certificate of role {}; {:?} is a {role} certificate",

@@ -265,3 +265,50 @@ fn a_corrupt_partition_file_is_set_aside_and_fetched_back() {
     ));
     assert!(path.exists(), "written back to disk");
 }
+
+/// Requests decoded from the network are checked before the node scores with them: a vector of
+/// the wrong length or holding NaN, k of 0, and a deadline already passed are each refused with
+/// a typed error naming the fault, never a panic or a meaningless ranking.
+#[test]
+fn malformed_or_late_scoring_requests_are_refused() {
+    use scoregrid_shard::{Affinities, ScoringWeights, SegmentKey};
+    use scoregrid_wire::{ScoreSegments, SegmentTake};
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let v1 = model("v1", 1.0);
+    stage(&node, &v1, 4);
+    let request = |vector: Vec<f32>, k: u32| {
+        Request::ScoreSegments(ScoreSegments {
+            version: ModelVersion::new("v1").unwrap(),
+            vector: Some(vector),
+            affinities: Affinities::default(),
+            weights: ScoringWeights::default(),
+            category: None,
+            segments: vec![SegmentTake {
+                key: SegmentKey {
+                    container: 0,
+                    number: 0,
+                },
+                take: 3,
+            }],
+            k,
+            after: None,
+        })
+    };
+    let bad = |response: Response| match response {
+        Response::Error(NodeError::BadRequest(m)) => m,
+        other => panic!("expected a bad request, got {other:?}"),
+    };
+    assert!(bad(node.handle(request(vec![1.0], 5))).contains("values"));
+    assert!(bad(node.handle(request(vec![f32::NAN, 1.0], 5))).contains("finite"));
+    assert!(bad(node.handle(request(vec![1.0, 1.0], 0))).contains("k = 0"));
+    assert!(matches!(
+        node.handle(request(vec![1.0, 1.0], 5)),
+        Response::Segments(_)
+    ));
+    let past = std::time::Instant::now() - std::time::Duration::from_millis(1);
+    assert_eq!(
+        node.handle_until(request(vec![1.0, 1.0], 5), Some(past)),
+        Response::Error(NodeError::DeadlineExceeded)
+    );
+}
