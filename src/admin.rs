@@ -78,22 +78,7 @@ fn json(value: &serde_json::Value) -> Response {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
-    match &admin.prometheus {
-        Some(handle) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            )],
-            handle.render(),
-        )
-            .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no metrics recorder in this process",
-        )
-            .into_response(),
-    }
+    scoregrid_router::http::metrics_response(admin.prometheus.as_ref())
 }
 
 async fn status(State(admin): State<Admin>) -> Response {

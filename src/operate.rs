@@ -107,16 +107,7 @@ pub fn status_json(status: &MemberStatus) -> serde_json::Value {
         "stale": status.stale,
         "commit_index": status.commit_index,
         "active_version": map.and_then(|m| m.active_model()).map(|v| v.as_str()),
-        "nodes": map.map(|m| m.nodes.iter().map(|n| serde_json::json!({
-            "id": n.id.0,
-            "addr": n.address,
-            "name": n.name,
-            "state": n.state,
-            "voter": n.voter,
-            "admin": n.admin,
-            "partitions": m.placement.partitions_of(n.id).len(),
-            "last_contact_ms": contact(n.id),
-        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "nodes": map.map(|m| scoregrid_router::http::nodes_json(m, contact)).unwrap_or_default(),
         "versions": map.map(|m| m.models.iter().map(|v| serde_json::json!({
             "version": v.version.as_str(), "state": v.state,
         })).collect::<Vec<_>>()).unwrap_or_default(),

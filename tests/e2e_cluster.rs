@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{ChildGuard, get_json};
-use scoregrid_shard::ScoringWeights;
-use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
+use common::{ChildGuard, get_json, items, ranked};
 use scoregrid_wire::NodeId;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -38,37 +36,6 @@ async fn page(addr: SocketAddr, customer: u64, container: u64) -> (u16, Value, D
     )
     .await;
     (status, body, started.elapsed())
-}
-
-/// The reference's first 1,000 items (the page size the test asks for) as (product, score).
-fn ranked(reference: &ReferenceModel, customer: u64, container: u64) -> Vec<(u64, f32)> {
-    let query = ReferenceQuery {
-        customer,
-        container,
-        category: None,
-        candidates: None,
-    };
-    let ranking = reference.rank(query, ScoringWeights::default()).unwrap();
-    ranking
-        .items
-        .iter()
-        .take(1000)
-        .map(|i| (i.product, i.score))
-        .collect()
-}
-
-fn items(body: &Value) -> Vec<(u64, f32)> {
-    body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["product"].as_u64().unwrap(),
-                i["score"].as_f64().unwrap() as f32,
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,32 +84,21 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         &env,
     );
     let lines = cluster.wait_for_lines("ready:", 120);
-    let mut members = std::collections::HashMap::new();
-    let mut addr: Option<SocketAddr> = None;
-    for line in &lines {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() >= 6 && words[1] == "pid" {
-            if words[0] == "router" {
-                addr = words[3]
-                    .strip_prefix("http://")
-                    .and_then(|a| a.parse().ok());
-            } else {
-                let config = words
-                    .iter()
-                    .position(|w| *w == "config")
-                    .map(|i| words[i + 1].to_string())
-                    .expect("a config path");
-                members.insert(
-                    words[0].to_string(),
-                    Member {
-                        pid: words[2].parse().unwrap(),
-                        config,
-                    },
-                );
-            }
-        }
-    }
-    let addr = addr.expect("the router's address");
+    let processes = common::local_processes(&lines);
+    let addr = processes["router"].addr;
+    let members: std::collections::HashMap<String, Member> = processes
+        .iter()
+        .filter(|(name, _)| name.starts_with("node-"))
+        .map(|(name, p)| {
+            (
+                name.clone(),
+                Member {
+                    pid: p.pid,
+                    config: p.config.clone(),
+                },
+            )
+        })
+        .collect();
     assert_eq!(members.len(), 3, "{lines:?}");
 
     let (&grid, _) = reference

@@ -18,9 +18,8 @@
 
 mod common;
 
-use common::{ChildGuard, get_json};
-use scoregrid_shard::ScoringWeights;
-use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
+use common::{ChildGuard, get_json, items, ranked};
+use scoregrid_shard::reference::ReferenceModel;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,41 +39,6 @@ fn kill9(pid: u32) {
         .status()
         .expect("kill runs");
     assert!(status.success(), "kill -9 {pid}");
-}
-
-fn ranked(reference: &ReferenceModel, customer: u64, container: u64) -> Vec<(u64, f32)> {
-    let query = ReferenceQuery {
-        customer,
-        container,
-        category: None,
-        candidates: None,
-    };
-    let ranking = reference
-        .rank(query, ScoringWeights::default())
-        .expect("ranks");
-    ranking
-        .items
-        .iter()
-        .take(1000)
-        .map(|i| (i.product, i.score))
-        .collect()
-}
-
-fn items(body: &Value) -> Vec<(u64, f32)> {
-    body["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| {
-                    (
-                        i["product"].as_u64().unwrap_or(0),
-                        i["score"].as_f64().unwrap_or(f64::NAN) as f32,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Every customer's whole grid through the router equals the reference, fully covered.
@@ -287,44 +251,23 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
         &env,
     );
     let lines = cluster.wait_for_lines("ready:", 180);
-    let mut members: BTreeMap<u64, Member> = BTreeMap::new();
-    let mut router: Option<SocketAddr> = None;
-    for line in &lines {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() < 4 || words[1] != "pid" {
-            continue;
-        }
-        let after = |key: &str| {
-            words
-                .iter()
-                .position(|w| *w == key)
-                .map(|i| words[i + 1].to_owned())
-        };
-        if words[0] == "router" {
-            router = words[3]
-                .strip_prefix("http://")
-                .and_then(|a| a.parse().ok());
-            continue;
-        }
-        let id: u64 = words[0]
-            .trim_start_matches("node-")
-            .parse()
-            .expect("node id");
-        members.insert(
-            id,
-            Member {
-                pid: words[2].parse().expect("pid"),
-                quic: words[3]
-                    .strip_prefix("quic://")
-                    .and_then(|a| a.parse().ok())
-                    .expect("quic address"),
-                admin: after("admin")
-                    .and_then(|a| a.strip_prefix("http://").and_then(|a| a.parse().ok()))
-                    .expect("admin address"),
-                config: after("config").expect("config path"),
-            },
-        );
-    }
+    let processes = common::local_processes(&lines);
+    let router: Option<SocketAddr> = processes.get("router").map(|p| p.addr);
+    let members: BTreeMap<u64, Member> = processes
+        .iter()
+        .filter_map(|(name, p)| {
+            let id: u64 = name.strip_prefix("node-")?.parse().ok()?;
+            Some((
+                id,
+                Member {
+                    pid: p.pid,
+                    quic: p.addr,
+                    admin: p.admin.expect("a node's admin address"),
+                    config: p.config.clone(),
+                },
+            ))
+        })
+        .collect();
     let router = router.expect("the router's address");
     assert_eq!(members.len(), 5, "{lines:?}");
     assert!(

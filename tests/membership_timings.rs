@@ -80,31 +80,15 @@ async fn membership_timings() {
         &[("SCOREGRID_PLACEMENT_PARTITIONS", "64")],
     );
     let lines = cluster.wait_for_lines("ready:", 180);
-    let mut routers = Vec::new();
-    let mut nodes: Vec<(u64, u32, SocketAddr, String)> = Vec::new();
-    for line in &lines {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() < 4 || words[1] != "pid" {
-            continue;
-        }
-        if words[0] == "router" {
-            routers.push(
-                words[3]
-                    .strip_prefix("http://")
-                    .and_then(|a| a.parse().ok())
-                    .expect("router"),
-            );
-        } else {
-            let id: u64 = words[0].trim_start_matches("node-").parse().expect("id");
-            let pid: u32 = words[2].parse().expect("pid");
-            let at = |key: &str| words.iter().position(|w| *w == key).map(|i| words[i + 1]);
-            let admin = at("admin")
-                .and_then(|a| a.strip_prefix("http://"))
-                .and_then(|a| a.parse().ok())
-                .expect("admin");
-            nodes.push((id, pid, admin, at("config").expect("config").to_owned()));
-        }
-    }
+    let processes = common::local_processes(&lines);
+    let mut routers = vec![processes["router"].addr];
+    let mut nodes: Vec<(u64, u32, SocketAddr, String)> = processes
+        .iter()
+        .filter_map(|(name, p)| {
+            let id: u64 = name.strip_prefix("node-")?.parse().ok()?;
+            Some((id, p.pid, p.admin.expect("admin"), p.config.clone()))
+        })
+        .collect();
     // A second router, from the first one's configuration on another port.
     let second = ChildGuard::start(
         &[

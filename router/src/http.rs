@@ -16,9 +16,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use scoregrid_raft::NodeState;
+use metrics_exporter_prometheus::PrometheusHandle;
 use scoregrid_raft::member::decode_cluster_reply;
 use scoregrid_raft::protocol::{ClusterReply, ClusterRequest, MemberStatus};
+use scoregrid_raft::{ClusterMap, NodeState};
 use scoregrid_shard::hashing::mix64;
 use scoregrid_shard::table::top_categories;
 use scoregrid_wire::NodeId;
@@ -412,16 +413,7 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
         "source": source,
         "commit_index": leader_status.as_ref().and_then(|s| s.commit_index),
         "active_version": map.active_model().map(|v| v.as_str()),
-        "nodes": map.nodes.iter().map(|n| serde_json::json!({
-            "id": n.id.0,
-            "addr": n.address,
-            "name": n.name,
-            "state": n.state,
-            "voter": n.voter,
-            "admin": n.admin,
-            "partitions": placement.partitions_of(n.id).len(),
-            "last_contact_ms": contact_of(n.id),
-        })).collect::<Vec<_>>(),
+        "nodes": nodes_json(map, contact_of),
         "versions": map.models.iter().map(|m| serde_json::json!({
             "version": m.version.as_str(),
             "state": m.state,
@@ -439,6 +431,29 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
         "up": map.nodes.iter().filter(|n| n.state == NodeState::Up).count(),
     });
     Ok(json(StatusCode::OK, &body))
+}
+
+/// The `nodes` of `/v1/cluster` (and of `scoregrid cluster status --json`): each node of the
+/// map with its state, role and partitions, and `contact` (ms since the leader last heard it).
+pub fn nodes_json(
+    map: &ClusterMap,
+    contact: impl Fn(NodeId) -> Option<u64>,
+) -> Vec<serde_json::Value> {
+    map.nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "id": n.id.0,
+                "addr": n.address,
+                "name": n.name,
+                "state": n.state,
+                "voter": n.voter,
+                "admin": n.admin,
+                "partitions": map.placement.partitions_of(n.id).len(),
+                "last_contact_ms": contact(n.id),
+            })
+        })
+        .collect()
 }
 
 /// How long `/v1/cluster` waits for the leader's own status before answering without it.
@@ -459,7 +474,13 @@ async fn leader_status(view: &ClusterView, leader: NodeId) -> Option<MemberStatu
 }
 
 async fn metrics_text(State(state): State<Arc<RouterState>>) -> Response {
-    match &state.prometheus {
+    metrics_response(state.prometheus.as_ref())
+}
+
+/// `/metrics` of any scoregrid process: the Prometheus text of its recorder, or 503 when it has
+/// none.
+pub fn metrics_response(prometheus: Option<&PrometheusHandle>) -> Response {
+    match prometheus {
         Some(handle) => (
             StatusCode::OK,
             [(

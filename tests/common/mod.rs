@@ -307,3 +307,85 @@ pub fn generated_model(
     scoregrid_loader::load_model(&model_dir, &mut reference).unwrap();
     (model_dir, reference)
 }
+
+/// The reference's first 1,000 items (the page size the end-to-end tests ask for) as
+/// (product, score).
+pub fn ranked(reference: &ReferenceModel, customer: u64, container: u64) -> Vec<(u64, f32)> {
+    let query = scoregrid_shard::reference::ReferenceQuery {
+        customer,
+        container,
+        category: None,
+        candidates: None,
+    };
+    let ranking = reference
+        .rank(query, scoregrid_shard::ScoringWeights::default())
+        .expect("the reference ranks");
+    ranking
+        .items
+        .iter()
+        .take(1000)
+        .map(|i| (i.product, i.score))
+        .collect()
+}
+
+/// The items of a `/v1/recommend` answer as (product, score).
+pub fn items(body: &serde_json::Value) -> Vec<(u64, f32)> {
+    body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    (
+                        i["product"].as_u64().unwrap_or(0),
+                        i["score"].as_f64().unwrap_or(f64::NAN) as f32,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One process of a `cluster local`, as its line describes it.
+#[derive(Clone, Debug)]
+pub struct LocalProcess {
+    pub pid: u32,
+    /// `quic://` for a node, `http://` for the router.
+    pub addr: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
+    pub config: String,
+}
+
+/// The processes `cluster local` printed, by name (`node-1`.., `router`).
+pub fn local_processes(lines: &[String]) -> std::collections::BTreeMap<String, LocalProcess> {
+    let mut processes = std::collections::BTreeMap::new();
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() < 4 || words[1] != "pid" {
+            continue;
+        }
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1).copied())
+        };
+        let addr = words[3]
+            .split("://")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .expect("a process address");
+        processes.insert(
+            words[0].to_owned(),
+            LocalProcess {
+                pid: words[2].parse().expect("a pid"),
+                addr,
+                admin: after("admin")
+                    .and_then(|a| a.strip_prefix("http://"))
+                    .and_then(|a| a.parse().ok()),
+                config: after("config").expect("a config path").to_owned(),
+            },
+        );
+    }
+    processes
+}
