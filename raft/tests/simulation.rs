@@ -46,8 +46,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Seeds per sweep test (four sweeps: two for 3 members, two for 5): 4 x 250 = 1,000 runs.
-const SEEDS_PER_SWEEP: u64 = 250;
+/// Seeds per sweep test (four sweeps: two for 3 members, two for 5): 1,000 seeds of each size.
+const SEEDS_PER_SWEEP: u64 = 500;
 /// Virtual time of the nemesis phase of one run.
 const FAULT_PHASE: Duration = Duration::from_secs(12);
 const HEARTBEAT: Duration = Duration::from_millis(100);
