@@ -55,6 +55,18 @@ pub fn identity(config: &Config) -> Result<Identity> {
     })
 }
 
+/// A node of `[cluster]` as a first map records it: up.
+fn node_info(m: &MemberConfig, voter: bool) -> NodeInfo {
+    NodeInfo {
+        id: NodeId(m.id),
+        address: m.addr.to_string(),
+        name: m.name.clone(),
+        state: NodeState::Up,
+        voter,
+        admin: m.admin.map(|a| a.to_string()),
+    }
+}
+
 /// The static cluster map of `[cluster]` and `[placement]`, every listed node Up: the demo's
 /// in-process cluster, which runs no Raft.
 pub fn static_map(config: &Config) -> Result<ClusterMap> {
@@ -74,17 +86,7 @@ pub fn static_map(config: &Config) -> Result<ClusterMap> {
         );
     }
     let rf = ReplicationFactor::new(rf).context("placement.replication_factor out of range")?;
-    let nodes = members
-        .iter()
-        .map(|m| NodeInfo {
-            id: NodeId(m.id),
-            address: m.addr.to_string(),
-            name: m.name.clone(),
-            state: NodeState::Up,
-            voter: false,
-            admin: m.admin.map(|a| a.to_string()),
-        })
-        .collect();
+    let nodes = members.iter().map(|m| node_info(m, false)).collect();
     Ok(ClusterMap::bootstrap(
         nodes,
         partitions,
@@ -135,14 +137,7 @@ pub fn member_settings(config: &Config, id: NodeId, joining: bool) -> Result<Mem
         .cluster
         .nodes
         .iter()
-        .map(|m| NodeInfo {
-            id: NodeId(m.id),
-            address: m.addr.to_string(),
-            name: m.name.clone(),
-            state: NodeState::Up,
-            voter: voter_ids.contains(&m.id),
-            admin: m.admin.map(|a| a.to_string()),
-        })
+        .map(|m| node_info(m, voter_ids.contains(&m.id)))
         .collect();
     let rf = config
         .placement

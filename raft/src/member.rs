@@ -135,6 +135,7 @@ impl Member {
         let network = Network {
             peers: peers.clone(),
             liveness: liveness.clone(),
+            backoff: settings.heartbeat,
         };
         let raft = Raft::new(
             settings.id.0,

@@ -61,12 +61,17 @@ impl Liveness {
 pub struct Network {
     pub(crate) peers: Arc<dyn PeerClients>,
     pub(crate) liveness: Arc<Liveness>,
+    /// How long openraft waits before trying an unreachable member again: one heartbeat, so a
+    /// member that comes back (a healed partition, a restart) is in step within a heartbeat
+    /// or two, not openraft's default half second.
+    pub(crate) backoff: std::time::Duration,
 }
 
 pub struct PeerConnection {
     target: NodeId,
     client: Option<Arc<dyn NodeClient>>,
     liveness: Arc<Liveness>,
+    backoff: std::time::Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -78,6 +83,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.peers.client(target, node),
             liveness: self.liveness.clone(),
+            backoff: self.backoff,
         }
     }
 }
@@ -197,6 +203,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             Ok(_) => Err(unexpected(self.target).into_rpc_error()),
             Err(failure) => Err(failure.into_rpc_error()),
         }
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.backoff))
     }
 
     /// The map is small: the whole snapshot goes in one message.
