@@ -58,7 +58,6 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
             "11",
         ],
     );
-    let model = model_dir.to_str().unwrap();
 
     let work = dir.path().join("cluster");
     let env = [
@@ -68,21 +67,7 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         ("SCOREGRID_ROUTER_BREAKER_OPEN_MS", "300"),
         ("SCOREGRID_ROUTER_REFRESH_INTERVAL_MS", "200"),
     ];
-    let cluster = ChildGuard::start(
-        &[
-            "cluster",
-            "local",
-            "--nodes",
-            "3",
-            "--model",
-            model,
-            "--http",
-            "127.0.0.1:0",
-            "--dir",
-            work.to_str().unwrap(),
-        ],
-        &env,
-    );
+    let cluster = common::cluster_local(3, &model_dir, &work, &env);
     let lines = cluster.wait_for_lines("ready:", 120);
     let processes = common::local_processes(&lines);
     let addr = processes["router"].addr;

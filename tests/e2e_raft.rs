@@ -235,21 +235,7 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
         ("SCOREGRID_RAFT_STALE_AFTER_MS", "1500"),
         ("SCOREGRID_RAFT_CLIENT_TIMEOUT_MS", "2000"),
     ];
-    let cluster = ChildGuard::start(
-        &[
-            "cluster",
-            "local",
-            "--nodes",
-            "5",
-            "--model",
-            model_dir.to_str().expect("utf-8"),
-            "--http",
-            "127.0.0.1:0",
-            "--dir",
-            work.to_str().expect("utf-8"),
-        ],
-        &env,
-    );
+    let cluster = common::cluster_local(5, &model_dir, &work, &env);
     let lines = cluster.wait_for_lines("ready:", 180);
     let processes = common::local_processes(&lines);
     let router: Option<SocketAddr> = processes.get("router").map(|p| p.addr);

@@ -64,19 +64,10 @@ async fn membership_timings() {
         ],
     );
     let work = dir.path().join("cluster");
-    let cluster = ChildGuard::start(
-        &[
-            "cluster",
-            "local",
-            "--nodes",
-            "5",
-            "--model",
-            model_dir.to_str().expect("utf-8"),
-            "--http",
-            "127.0.0.1:0",
-            "--dir",
-            work.to_str().expect("utf-8"),
-        ],
+    let cluster = common::cluster_local(
+        5,
+        &model_dir,
+        &work,
         &[("SCOREGRID_PLACEMENT_PARTITIONS", "64")],
     );
     let lines = cluster.wait_for_lines("ready:", 180);

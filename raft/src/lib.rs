@@ -16,6 +16,7 @@
 //! - [`types`]: the openraft type configuration ([`TypeConfig`]).
 //! - [`runtime`]: tokio for openraft, with a seedable source of election randomness.
 //! - [`log_store`]: the log and vote on disk, with checksums, fsync and torn-tail recovery.
+//! - [`sealed`]: small values in sealed files (the vote, the committed log id, the snapshot).
 //! - [`state_machine`]: the map as openraft's state machine, with snapshots on disk.
 //! - [`protocol`]: the Raft RPCs and the cluster-control requests, as this crate encodes them.
 //! - [`network`]: openraft's network over wire, and the liveness its heartbeats reveal.
@@ -35,6 +36,7 @@ pub mod peers;
 pub mod placement;
 pub mod protocol;
 pub mod runtime;
+pub mod sealed;
 pub mod state_machine;
 pub mod types;
 

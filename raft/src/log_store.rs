@@ -18,10 +18,11 @@
 //! The file I/O is synchronous on openraft's storage task: a map change writes a few hundred
 //! bytes and one fsync, which costs less than a hop to the blocking pool would save.
 
+use crate::sealed::invalid as io_error;
 use crate::types::{Entry, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
-use scoregrid_shard::durable::{crc32, seal, unseal, write_atomically};
+use scoregrid_shard::durable::{crc32, write_atomically};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -34,8 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const LOG_MAGIC: &[u8; 8] = b"SGRDRLOG";
 const VOTE_MAGIC: &[u8; 8] = b"SGRDVOTE";
 const COMMITTED_MAGIC: &[u8; 8] = b"SGRDCOMT";
-/// The format this build writes; [`LogStore::open`] is where an older one would be migrated.
-const FORMAT: u32 = 1;
+/// The log's format (the same number as the sealed files'); [`LogStore::open`] is where an
+/// older one would be migrated.
+const FORMAT: u32 = crate::sealed::FORMAT;
 const HEADER_BYTES: usize = 12;
 const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record accepted when reading: a length above it is a corrupt tail, not an
@@ -72,10 +74,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
-}
-
-fn io_error(what: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
 fn encode_record(record: &LogRecord) -> std::io::Result<Vec<u8>> {
@@ -135,33 +133,6 @@ fn header() -> Vec<u8> {
     bytes
 }
 
-fn read_sealed<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    magic: &[u8; 8],
-) -> std::io::Result<Option<T>> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let (format, payload) =
-        unseal(&bytes, magic).map_err(|e| io_error(format!("{}: {e}", path.display())))?;
-    if format != FORMAT {
-        return Err(io_error(format!(
-            "{}: format {format} is not supported",
-            path.display()
-        )));
-    }
-    scoregrid_wire::codec::decode(payload)
-        .map(Some)
-        .map_err(|e| io_error(format!("{}: {e}", path.display())))
-}
-
-fn write_sealed<T: Serialize>(path: &Path, magic: &[u8; 8], value: &T) -> std::io::Result<()> {
-    let payload = scoregrid_wire::codec::encode(value).map_err(io_error)?;
-    write_atomically(path, &seal(magic, FORMAT, &payload))
-}
-
 impl LogStore {
     /// Opens (creating if needed) the log in `dir`, dropping a torn or corrupt tail.
     ///
@@ -210,9 +181,9 @@ impl LogStore {
             Err(e) => return Err(e),
         }
         recovery.entries = entries.len();
-        let vote = read_sealed(&dir.join("vote"), VOTE_MAGIC)?;
+        let vote = crate::sealed::read(&dir.join("vote"), VOTE_MAGIC)?;
         let committed: Option<Option<LogId<u64>>> =
-            read_sealed(&dir.join("committed"), COMMITTED_MAGIC)?;
+            crate::sealed::read(&dir.join("committed"), COMMITTED_MAGIC)?;
         let committed = committed.flatten();
         let log = OpenOptions::new().append(true).open(&path)?;
         let store = Self {
@@ -316,7 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        write_sealed(&inner.dir.join("vote"), VOTE_MAGIC, vote)
+        crate::sealed::write(&inner.dir.join("vote"), VOTE_MAGIC, vote)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         inner.vote = Some(*vote);
         Ok(())
@@ -328,7 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        write_sealed(&inner.dir.join("committed"), COMMITTED_MAGIC, &committed)
+        crate::sealed::write(&inner.dir.join("committed"), COMMITTED_MAGIC, &committed)
             .map_err(|e| StorageIOError::write(&e))?;
         inner.committed = committed;
         Ok(())

@@ -1,6 +1,6 @@
 //! The Raft state machine: the cluster map. Committed commands are applied to it in log order
 //! ([`crate::command::apply`]); a snapshot is the whole state, written to
-//! `<data_dir>/raft/snapshot` (sealed: magic "SGRDSNAP", format, crc32) whenever openraft builds
+//! `<data_dir>/raft/snapshot` (sealed: magic "SGRDSNAP", format, crc32; see [`crate::sealed`]) whenever openraft builds
 //! or installs one, and read back at start. After a restart the state is the snapshot's, and
 //! openraft re-applies the committed entries after it from the log.
 //!
@@ -14,14 +14,12 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
 };
-use scoregrid_shard::durable::{seal, unseal, write_atomically};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SGRDSNAP";
-const SNAPSHOT_FORMAT: u32 = 1;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -44,36 +42,17 @@ pub struct StateMachine {
     published: Arc<watch::Sender<Option<Arc<ClusterMap>>>>,
 }
 
-fn io_error(what: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
-}
-
 fn read_snapshot(path: &Path) -> std::io::Result<Option<StoredSnapshot>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let (format, payload) =
-        unseal(&bytes, SNAPSHOT_MAGIC).map_err(|e| io_error(format!("{}: {e}", path.display())))?;
-    if format != SNAPSHOT_FORMAT {
-        return Err(io_error(format!(
-            "{}: snapshot format {format} is not supported",
-            path.display()
-        )));
-    }
-    let stored: StoredSnapshot = scoregrid_wire::codec::decode(payload)
-        .map_err(|e| io_error(format!("{}: {e}", path.display())))?;
-    if let Some(map) = &stored.data.map {
+    let stored: Option<StoredSnapshot> = crate::sealed::read(path, SNAPSHOT_MAGIC)?;
+    if let Some(map) = stored.as_ref().and_then(|s| s.data.map.as_ref()) {
         map.check()
-            .map_err(|e| io_error(format!("{}: {e}", path.display())))?;
+            .map_err(|e| crate::sealed::invalid(format!("{}: {e}", path.display())))?;
     }
-    Ok(Some(stored))
+    Ok(stored)
 }
 
 fn write_snapshot(path: &Path, stored: &StoredSnapshot) -> std::io::Result<()> {
-    let payload = scoregrid_wire::codec::encode(stored).map_err(io_error)?;
-    write_atomically(path, &seal(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, &payload))
+    crate::sealed::write(path, SNAPSHOT_MAGIC, stored)
 }
 
 impl StateMachine {

@@ -7,6 +7,11 @@
 //! The nemesis cuts the network into halves, bridges, an isolated leader or one-way links,
 //! drops, delays and reorders messages, and crashes and restarts members from their disks.
 //!
+//! The sleeps here are the model, not waits for a condition: a message's transit time on the
+//! simulated network, the staggered starts of the members, and the checker's step, all on the
+//! paused clock (virtual time; a run of 12 virtual seconds takes milliseconds). Conditions are
+//! awaited with a deadline and report what was seen (`converges-after-heal`).
+//!
 //! Invariants are checked every 20 ms of virtual time:
 //! - `one-leader-per-term`: no two members lead in the same term;
 //! - `one-map-per-epoch`: every member that holds epoch E holds the same map (so no committed

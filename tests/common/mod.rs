@@ -389,3 +389,29 @@ pub fn local_processes(lines: &[String]) -> std::collections::BTreeMap<String, L
     }
     processes
 }
+
+/// `scoregrid cluster local --nodes N` on `model`, its working directory `work`, the router on
+/// any free port, with `env` for every process it starts.
+pub fn cluster_local(
+    nodes: u32,
+    model: &std::path::Path,
+    work: &std::path::Path,
+    env: &[(&str, &str)],
+) -> ChildGuard {
+    let nodes = nodes.to_string();
+    ChildGuard::start(
+        &[
+            "cluster",
+            "local",
+            "--nodes",
+            &nodes,
+            "--model",
+            model.to_str().expect("a UTF-8 path"),
+            "--http",
+            "127.0.0.1:0",
+            "--dir",
+            work.to_str().expect("a UTF-8 path"),
+        ],
+        env,
+    )
+}
