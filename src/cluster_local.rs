@@ -123,7 +123,8 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
         let built = push::build(&config, args.model.clone()).await?;
         let version = built.directory.version.clone();
         let example = crate::demo::example_request(&built);
-        let report = push::push(built, &client, &endpoint, true).await?;
+        let options = push::options(&config, true, scoregrid_loader::push::ProgressMode::Lines);
+        let report = push::push(built, &client, &endpoint, options).await?;
         tracing::info!(%version, copies = report.copies, bytes = report.bytes,
             seconds = started.elapsed().as_secs_f64(), "model staged and activated");
 

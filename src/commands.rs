@@ -19,6 +19,8 @@ pub fn init_logging(filter: &str) -> Result<()> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours for a person at a terminal; plain text for files and pipes.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(targets),
         )
         .try_init()
@@ -224,6 +226,10 @@ pub struct BenchArgs {
     /// Print the report as one JSON line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Open loop: requests per second in all, on a fixed schedule (latency counted from the
+    /// scheduled time); without it, a closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
@@ -269,6 +275,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         keys,
         seed: args.seed,
         timeout: Duration::from_millis(args.timeout_ms),
+        rate: args.rate,
     };
     options.validate()?;
     let report = scoregrid_bench::run(options).await?;

@@ -86,6 +86,9 @@ enum Command {
         /// Stage and verify only; `scoregrid model activate V` flips it later.
         #[arg(long)]
         no_activate: bool,
+        /// Partition copies in flight to each node (default: `load.parallelism`).
+        #[arg(long)]
+        parallelism: Option<u32>,
     },
 }
 
@@ -99,6 +102,18 @@ enum ModelCommand {
     /// Make a registered version the active one cluster-wide (a rollback to a retained one).
     Activate {
         version: String,
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+    },
+    /// Remove a staging or retired version from the map; nodes delete it from RAM and disk.
+    Drop {
+        version: String,
+        #[arg(long)]
+        cluster: Option<SocketAddr>,
+    },
+    /// How many retired versions the cluster keeps for rollback and open cursors.
+    Retain {
+        versions: u32,
         #[arg(long)]
         cluster: Option<SocketAddr>,
     },
@@ -255,10 +270,24 @@ fn run() -> Result<()> {
         Command::Model(ModelCommand::Activate { version, cluster }) => {
             commands::runtime()?.block_on(operate::model_activate(&config, cluster, &version))
         }
+        Command::Model(ModelCommand::Drop { version, cluster }) => {
+            commands::runtime()?.block_on(operate::model_drop(&config, cluster, &version))
+        }
+        Command::Model(ModelCommand::Retain { versions, cluster }) => {
+            commands::runtime()?.block_on(operate::model_retain(&config, cluster, versions))
+        }
         Command::Load {
             model,
             cluster,
             no_activate,
-        } => commands::runtime()?.block_on(push::load(config, model, cluster, !no_activate)),
+            parallelism,
+        } => {
+            let mut config = config;
+            if let Some(n) = parallelism {
+                config.load.parallelism = n;
+                config.validate()?;
+            }
+            commands::runtime()?.block_on(push::load(config, model, cluster, !no_activate))
+        }
     }
 }

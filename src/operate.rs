@@ -1,5 +1,6 @@
 //! The operator's commands of a Raft-run cluster (contract section 5): `cluster status`,
-//! `cluster maintenance`, `cluster remove`, `cluster init`, `model list`, `model activate`.
+//! `cluster maintenance`, `cluster remove`, `cluster init`, `model list`, `model activate`,
+//! `model drop`, `model retain`.
 //! Each goes through any node (followers forward changes to the leader), prints a one-line
 //! result first, and exits 0 on success, 3 when no quorum could be reached (the message says
 //! so), 1 on any other failure.
@@ -108,9 +109,8 @@ pub fn status_json(status: &MemberStatus) -> serde_json::Value {
         "commit_index": status.commit_index,
         "active_version": map.and_then(|m| m.active_model()).map(|v| v.as_str()),
         "nodes": map.map(|m| scoregrid_router::http::nodes_json(m, contact)).unwrap_or_default(),
-        "versions": map.map(|m| m.models.iter().map(|v| serde_json::json!({
-            "version": v.version.as_str(), "state": v.state,
-        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "versions": map.map(scoregrid_router::http::versions_json).unwrap_or_default(),
+        "versions_retained": map.map(|m| m.versions_retained),
         "under_replicated_partitions": map.map(|m| m.under_replicated()),
     })
 }
@@ -266,9 +266,71 @@ pub async fn model_list(config: &Config, cluster: Option<SocketAddr>) -> Result<
         }
     )];
     for m in map.models.iter().rev() {
-        lines.push(format!("  {:<32} {}", m.version.as_str(), m.state.as_str()));
+        let progress = if m.state == scoregrid_raft::ModelState::Staging {
+            let missing = scoregrid_raft::models::missing_copies(&map, m).len();
+            format!(
+                "  {} copies staged, {missing} missing{}",
+                m.staged_copies(),
+                if missing == 0 {
+                    ": ready to activate"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "  {:<32} {:<8} digest {:08x}{progress}",
+            m.version.as_str(),
+            m.state.as_str(),
+            m.digest
+        ));
     }
+    lines.push(format!(
+        "retired versions retained: {}",
+        map.versions_retained
+    ));
     print_line(&lines.join("\n"))
+}
+
+/// `scoregrid model drop V`: a staging or retired version leaves the map; every node deletes
+/// it from RAM and disk.
+pub async fn model_drop(config: &Config, cluster: Option<SocketAddr>, version: &str) -> Result<()> {
+    let version = ModelVersion::new(version).map_err(anyhow::Error::msg)?;
+    let response = propose(
+        config,
+        cluster,
+        MapCommand::DropModel {
+            version: version.clone(),
+        },
+        Role::Operator,
+    )
+    .await?;
+    let note = match response {
+        MapResponse::Unchanged { .. } => "it was not in the map".to_owned(),
+        other => format!("{}; nodes delete it from RAM and disk", epoch_note(&other)),
+    };
+    print_line(&format!("model {version} dropped ({note})"))
+}
+
+/// `scoregrid model retain N`: retired versions kept for rollback and open cursors.
+pub async fn model_retain(
+    config: &Config,
+    cluster: Option<SocketAddr>,
+    versions: u32,
+) -> Result<()> {
+    let response = propose(
+        config,
+        cluster,
+        MapCommand::RetainVersions { versions },
+        Role::Operator,
+    )
+    .await?;
+    print_line(&format!(
+        "{versions} retired versions retained ({}); older ones leave the map and the nodes",
+        epoch_note(&response)
+    ))
 }
 
 /// `scoregrid model activate V`: the cluster-wide flip to a registered version (a rollback to

@@ -153,6 +153,7 @@ pub fn member_settings(config: &Config, id: NodeId, joining: bool) -> Result<Mem
             partitions: config.placement.partitions,
             replication_factor: rf,
             virtual_nodes: config.placement.virtual_nodes,
+            versions_retained: config.node.versions_retained,
         },
         // A node that joins an existing cluster never starts one of its own.
         auto_initialize: !joining,
@@ -204,7 +205,9 @@ pub async fn run_node(
         .with_context(|| format!("cannot open node.data_dir {}", data_dir.display()))?;
     let node = Arc::new(Node::with_control(
         id,
-        Control::new(store, Vec::new(), config.node.versions_retained as usize),
+        // The cluster map decides which versions stay (its retention, `model drop`); the
+        // bootstrap copies `node.versions_retained` into it.
+        Control::new(store, Vec::new(), scoregrid_node::control::RETAINED_BY_MAP),
     ));
     let restored = tokio::task::spawn_blocking({
         let node = node.clone();

@@ -163,7 +163,7 @@ async fn a_cluster_survives_losing_nodes_and_recovers_from_disk() {
         "load failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("then activated"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("active cluster-wide"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, ready) = get_json(addr, "/readyz").await;

@@ -6,7 +6,8 @@
 //! 2. The killed node restarted from its data directory is marked up again.
 //! 3. A 2|3 split with the leader on the 2-side, made with nftables rules that drop every packet
 //!    between the two sides' addresses (the nodes' traffic leaves from their own address): the
-//!    2-side cannot change the map (exit code 3, "no quorum") and says it is stale; the 3-side
+//!    2-side cannot change the map nor flip a model (exit code 3, "no quorum") and says it is
+//!    stale; the 3-side
 //!    elects a leader and changes the map; reads through the router stay exact.
 //! 4. Healing converges: every node reports the same leader and epoch, none stale.
 //! 5. Roles: a router's certificate cannot change membership, a loader's cannot remove a node.
@@ -427,6 +428,23 @@ async fn five_nodes_survive_leader_loss_and_a_split_brain() {
         "it fails within the client timeout: {:?}",
         started.elapsed()
     );
+    // A model flip through the minority is refused the same way, and changes nothing.
+    let (code, out, err) = operate(
+        &client,
+        &[
+            "model",
+            "activate",
+            "synthetic-1",
+            "--cluster",
+            &old_leader.quic.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        code, 3,
+        "a flip through the minority fails with exit 3: {out} {err}"
+    );
+    assert!(err.contains("no quorum"), "{err}");
     let majority = members[&large[0]].clone();
     let (_, majority_leader_after) = wait_until(
         "the 3-side elects a leader",

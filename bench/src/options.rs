@@ -92,7 +92,16 @@ pub struct BenchOptions {
     /// counted as a timeout and its connection replaced. Also bounds each connection attempt.
     /// [`TIMEOUT_MIN`]..=[`TIMEOUT_MAX`].
     pub timeout: Duration,
+    /// Open loop: requests per second over all connections, sent on a fixed schedule whatever
+    /// the answers take (each connection sends its share at even intervals; one that falls
+    /// behind sends at once). Latency counts from the scheduled time, so a server that stalls
+    /// shows it instead of slowing the generator down (no coordinated omission). `None`: closed
+    /// loop. 0 < rate <= [`RATE_MAX`].
+    pub rate: Option<f64>,
 }
+
+/// The largest open-loop rate, requests per second.
+pub const RATE_MAX: f64 = 1_000_000.0;
 
 impl BenchOptions {
     /// Checks every bound documented on the fields (the URL is checked by
@@ -140,6 +149,11 @@ impl BenchOptions {
                 ),
             );
         }
+        if let Some(rate) = self.rate
+            && !(rate > 0.0 && rate <= RATE_MAX)
+        {
+            return invalid("rate", format!("{rate} is out of range (0, {RATE_MAX}]"));
+        }
         if self.target == Target::Recommend {
             if self.keys.customers.is_empty() {
                 return invalid(
@@ -176,6 +190,7 @@ mod tests {
             },
             seed: 7,
             timeout: Duration::from_secs(1),
+            rate: None,
         }
     }
 
@@ -219,6 +234,12 @@ mod tests {
         let mut bad = options();
         bad.keys.containers.clear();
         assert_eq!(refused_option(&bad), "keys.containers");
+
+        let mut bad = options();
+        bad.rate = Some(0.0);
+        assert_eq!(refused_option(&bad), "rate");
+        bad.rate = Some(f64::NAN);
+        assert_eq!(refused_option(&bad), "rate");
 
         let mut healthz = options();
         healthz.target = Target::Healthz;

@@ -49,7 +49,16 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
         measure_end: start + options.warmup + options.duration,
     };
     let mut workers = Workers(Vec::with_capacity(connections.len()));
+    let count = connections.len();
     for (index, connection) in connections.into_iter().enumerate() {
+        // Each connection sends rate / count per second; their schedules are staggered evenly.
+        let schedule = options.rate.map(|rate| {
+            let interval = Duration::from_secs_f64(count as f64 / rate);
+            (
+                interval,
+                start + interval.mul_f64(index as f64 / count as f64),
+            )
+        });
         let worker = Worker {
             address,
             timeout: options.timeout,
@@ -62,6 +71,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
                 host.clone(),
             ),
             phases,
+            schedule,
         };
         workers.0.push(tokio::spawn(worker.run(connection)));
     }

@@ -1,5 +1,6 @@
-//! The closed loop of one connection: send a request, read the whole response, record it, send
-//! the next; replace the connection when it fails. Nothing is recorded during the warm-up.
+//! The loop of one connection: send a request, read the whole response, record it, send the
+//! next (closed loop), or wait for the next scheduled time first (open loop); replace the
+//! connection when it fails. Nothing is recorded during the warm-up.
 
 use crate::connection::{self, Connection, Outcome};
 use crate::error::BenchError;
@@ -31,6 +32,8 @@ pub(crate) struct Worker {
     pub(crate) timeout: Duration,
     pub(crate) source: RequestSource,
     pub(crate) phases: Phases,
+    /// Open loop: the time between two scheduled requests of this connection, and the first.
+    pub(crate) schedule: Option<(Duration, Instant)>,
 }
 
 impl Worker {
@@ -54,7 +57,14 @@ impl Worker {
         let mut connection = Some(connection);
         // One timer for every request of this connection, reset before each one.
         let mut deadline = pin!(tokio::time::sleep(self.timeout));
+        let mut next_at = self.schedule.map(|(_, first)| first);
         loop {
+            if let Some(at) = next_at {
+                if at >= measure_end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+            }
             let now = Instant::now();
             if now >= measure_end {
                 break;
@@ -74,11 +84,15 @@ impl Worker {
                 },
             };
             let request = self.source.next_request()?;
-            let sent_at = Instant::now();
+            // Open loop: the request was due at its scheduled time, whenever it leaves.
+            let sent_at = next_at.unwrap_or_else(Instant::now);
             if sent_at >= measure_end {
                 break;
             }
-            deadline.as_mut().reset(sent_at + self.timeout);
+            if let (Some(at), Some((interval, _))) = (next_at.as_mut(), self.schedule) {
+                *at += interval;
+            }
+            deadline.as_mut().reset(Instant::now() + self.timeout);
             let (outcome, reusable) = current.exchange(request, deadline.as_mut()).await;
             let latency = sent_at.elapsed();
             connection = reusable;

@@ -203,6 +203,7 @@ fn options(address: SocketAddr, target: Target, duration: Duration) -> BenchOpti
         },
         seed: 42,
         timeout: Duration::from_secs(5),
+        rate: None,
     }
 }
 
@@ -263,6 +264,24 @@ async fn recommend_counts_match_the_server() {
         "{} vs {rps}",
         report.rps
     );
+}
+
+/// Proves that the open loop sends on its schedule, not as fast as the server answers: 300
+/// requests per second over 2 connections for 1 s is at most 300 requests (plus one per
+/// connection at the edges), while the closed loop against the same server sends far more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_keeps_its_rate() {
+    let (address, counts) = start_server(Behaviour::Answer).await;
+    let mut options = options(address, Target::Healthz, Duration::from_secs(1));
+    options.keys = RequestKeys::default();
+    options.rate = Some(300.0);
+    let report = bench(options).await;
+    eprintln!("{report}");
+    let sent = counts.healthz.load(Ordering::SeqCst);
+    assert_eq!(report.requests, sent, "{report}");
+    assert!(sent <= 302, "{sent} requests for 300 per second over 1 s");
+    assert!(sent >= 150, "{sent} requests: the schedule was not kept");
+    assert!(report.errors_by_status.is_empty(), "{report}");
 }
 
 /// Proves that the warm-up is not recorded and healthz needs no keys: 2 connections, 300 ms of

@@ -48,6 +48,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub placement: PlacementConfig,
     pub model: ModelConfig,
+    pub load: LoadConfig,
     pub demo: DemoConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
@@ -140,6 +141,16 @@ impl Config {
                 "api.categories_k_default",
                 "must be in 1..=api.categories_k_max",
             );
+        }
+        let load = &self.load;
+        if !(1..=64).contains(&load.parallelism) {
+            return invalid("load.parallelism", "must be in 1..=64");
+        }
+        if !(4096..=4 * 1024 * 1024).contains(&load.chunk_bytes) {
+            return invalid("load.chunk_bytes", "must be in 4096..=4194304");
+        }
+        if !(1..=100).contains(&load.rounds) {
+            return invalid("load.rounds", "must be in 1..=100");
         }
         if self.http.request_body_bytes_max < 1024 {
             return invalid("http.request_body_bytes_max", "must be at least 1024");

@@ -157,6 +157,30 @@ impl Default for ModelConfig {
     }
 }
 
+/// `scoregrid load`: how a model version is pushed into a cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Partition copies in flight to each node at once (`--parallelism` overrides it). Each
+    /// holds one piece in flight, acknowledged by the node before the next.
+    pub parallelism: u32,
+    /// Bytes of one piece of a partition file on the wire (at most 4 MiB).
+    pub chunk_bytes: u32,
+    /// Staging rounds (each re-reads the map and sends what is still missing) before the load
+    /// gives up, leaving the version staging for a rerun.
+    pub rounds: u32,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: 2,
+            chunk_bytes: 1 << 20,
+            rounds: 5,
+        }
+    }
+}
+
 /// `scoregrid demo`: the in-process cluster and its synthetic model (when no `--model`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

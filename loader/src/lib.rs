@@ -1,5 +1,6 @@
-//! Reads model folders (contract section 1) into any [`scoregrid_shard::ModelSink`], and writes
-//! models: synthetic ones for demos and benchmarks, arbitrary rows for tests.
+//! Reads model folders (contract section 1) into any [`scoregrid_shard::ModelSink`], pushes a
+//! built version into a running cluster through its map ([`push`]), and writes models:
+//! synthetic ones for demos and benchmarks, arbitrary rows for tests.
 //!
 //! A model folder holds `manifest.json` and three tables (customers, products, pools), each as
 //! JSONL, a single Parquet file or a Spark part folder. Tables are streamed: memory stays bounded
@@ -15,6 +16,8 @@
 //! - `jsonl`: JSONL tables, one reused line buffer, fields read exactly.
 //! - `columnar`: Parquet tables, bounded batches, columns read in place.
 //! - [`load`]: [`load_model`] and [`build_model`], the entry points.
+//! - [`push`](mod@push): a built version into a cluster: registered, streamed in pieces to every
+//!   replica, reported staged, flipped by one committed map change; progress and a summary.
 //! - [`rows`]: a model's rows in columns, the unit that writers and the generator pass around.
 //! - [`write`](mod@write): writes rows as JSONL or Parquet tables.
 //! - [`synth`]: a deterministic synthetic model with real structure, written or fed to a sink.
@@ -28,6 +31,7 @@ mod jsonl;
 pub mod keys;
 pub mod load;
 pub mod manifest;
+pub mod push;
 mod rng;
 pub mod rows;
 pub mod source;

@@ -21,23 +21,30 @@ use std::sync::{Arc, Mutex};
 pub const STAGING_VERSIONS_MAX: usize = 2;
 
 #[derive(Default)]
-struct Staging {
-    directory: Option<Arc<Directory>>,
-    partitions: BTreeMap<PartitionId, Partition>,
+pub(crate) struct Staging {
+    pub(crate) directory: Option<Arc<Directory>>,
+    pub(crate) partitions: BTreeMap<PartitionId, Partition>,
 }
 
 pub struct Control {
-    store: Store,
+    pub(crate) store: Store,
     /// The partitions the placement gives this node: activation waits for all of them. Set at
     /// start and again whenever the cluster map changes the placement.
     must_hold: std::sync::RwLock<Vec<PartitionId>>,
-    /// Versions kept beside the active one (for rollback and open cursors).
+    /// Versions kept beside the active one (for rollback and open cursors), for a node that
+    /// follows no cluster map; a node that follows one keeps what the map lists
+    /// ([`Node::keep_only`]).
     versions_retained: usize,
-    staging: Mutex<HashMap<ModelVersion, Staging>>,
+    pub(crate) staging: Mutex<HashMap<ModelVersion, Staging>>,
+    pub(crate) uploads: crate::staging::Uploads,
 }
 
+/// Retention for a node whose cluster map decides which versions stay
+/// ([`Control::new`]'s `versions_retained`).
+pub const RETAINED_BY_MAP: usize = usize::MAX;
+
 impl Control {
-    fn must_hold(&self) -> Vec<PartitionId> {
+    pub(crate) fn must_hold(&self) -> Vec<PartitionId> {
         self.must_hold.read().map_or_else(
             |poisoned| poisoned.into_inner().clone(),
             |held| held.clone(),
@@ -50,26 +57,27 @@ impl Control {
             must_hold: std::sync::RwLock::new(must_hold),
             versions_retained,
             staging: Mutex::new(HashMap::new()),
+            uploads: crate::staging::Uploads::default(),
         }
     }
 }
 
-fn refused(message: impl Into<String>) -> NodeError {
+pub(crate) fn refused(message: impl Into<String>) -> NodeError {
     NodeError::Refused(message.into())
 }
 
-fn storage(error: StoreError) -> NodeError {
+pub(crate) fn storage(error: StoreError) -> NodeError {
     NodeError::Refused(format!("storage: {error}"))
 }
 
 impl Node {
-    fn control(&self) -> Result<&Control, NodeError> {
+    pub(crate) fn control(&self) -> Result<&Control, NodeError> {
         self.control.as_ref().ok_or_else(|| {
             refused("this node has no data directory: it cannot stage or activate versions")
         })
     }
 
-    fn staging<T>(
+    pub(crate) fn staging<T>(
         &self,
         f: impl FnOnce(&mut HashMap<ModelVersion, Staging>) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
@@ -81,7 +89,7 @@ impl Node {
         f(&mut staging)
     }
 
-    fn staging_entry<'a>(
+    pub(crate) fn staging_entry<'a>(
         &self,
         staging: &'a mut HashMap<ModelVersion, Staging>,
         version: &ModelVersion,
@@ -155,6 +163,12 @@ impl Node {
     pub(crate) fn stage_directory(&self, directory: Directory) -> Result<(), NodeError> {
         let control = self.control()?;
         let version = directory.version.clone();
+        if let Some(hosted) = self.hosted.load().versions.get(&version) {
+            // A rerun of a load that completed here: nothing to do if it is the same directory.
+            if hosted.directory().digest() == directory.digest() {
+                return Ok(());
+            }
+        }
         // Room first, so that a refused version leaves nothing on disk.
         self.staging(|staging| self.staging_entry(staging, &version).map(drop))?;
         control.store.write_directory(&directory).map_err(storage)?;
@@ -176,15 +190,15 @@ impl Node {
         Ok(())
     }
 
-    pub(crate) fn stage_partition(&self, bytes: &[u8]) -> Result<Staged, NodeError> {
-        let control = self.control()?;
-        let partition = decode(bytes, "staged partition").map_err(|e| refused(e.to_string()))?;
+    /// Adds a verified partition, whose file is on disk under its final name, to the staging
+    /// of its version; completes the version if it was the last one missing.
+    pub(crate) fn keep_staged(
+        &self,
+        control: &Control,
+        partition: Partition,
+        checksum: u32,
+    ) -> Result<Staged, NodeError> {
         let (version, id) = (partition.version().clone(), partition.id());
-        self.staging(|staging| self.staging_entry(staging, &version).map(drop))?;
-        let checksum = control
-            .store
-            .write_partition_bytes(&version, id, bytes)
-            .map_err(storage)?;
         self.staging(|staging| {
             let entry = self.staging_entry(staging, &version)?;
             if let Some(d) = &entry.directory
@@ -239,10 +253,17 @@ impl Node {
         control: &Control,
         version: &ModelVersion,
     ) -> Result<bool, NodeError> {
-        let ready = self.staging(|staging| {
-            let complete = staging.get(version).is_some_and(|entry| {
+        let complete = |staging: &HashMap<ModelVersion, Staging>| {
+            staging.get(version).is_some_and(|entry| {
                 entry.directory.is_some() && Self::not_staged(control, entry).is_none()
-            });
+            })
+        };
+        if !self.staging(|staging| Ok(complete(staging)))? {
+            // What a restart left on disk counts too.
+            self.stage_from_disk(control, version);
+        }
+        let ready = self.staging(|staging| {
+            let complete = complete(staging);
             Ok(if complete {
                 staging.remove(version)
             } else {
@@ -296,7 +317,7 @@ impl Node {
     /// from disk.
     fn apply_retention(&self, control: &Control) {
         let hosted = self.hosted.load();
-        let keep = control.versions_retained + 1;
+        let keep = control.versions_retained.saturating_add(1);
         let excess: Vec<ModelVersion> = hosted
             .order
             .iter()
@@ -310,6 +331,46 @@ impl Node {
                 tracing::warn!(node = %self.id(), %version, %error, "cannot delete a retired version");
             }
             tracing::info!(node = %self.id(), %version, "version retired");
+        }
+    }
+
+    /// Keeps the versions `listed` (the cluster map's registry) and the active one: every
+    /// other version leaves RAM, staging and disk. For a node that follows a cluster map, whose
+    /// retention and `model drop` decide. A version still staging here (not complete) whose
+    /// folder changed within `quiet` is spared: a load may be staging it under a map newer than
+    /// this node's. A complete one got its directory last, after the load registered it.
+    pub fn keep_only(&self, listed: &[ModelVersion], quiet: std::time::Duration) {
+        let Some(control) = self.control.as_ref() else {
+            return;
+        };
+        let active = self.active();
+        let mut unlisted: Vec<ModelVersion> = self.hosted.load().versions.keys().cloned().collect();
+        if let Ok(staging) = control.staging.lock() {
+            unlisted.extend(staging.keys().cloned());
+        }
+        unlisted.extend(control.store.versions().unwrap_or_default());
+        unlisted.sort();
+        unlisted.dedup();
+        unlisted.retain(|v| !listed.contains(v) && active.as_ref() != Some(v));
+        for version in unlisted {
+            let complete = self.hosted.load().versions.contains_key(&version);
+            if !complete && control.store.changed_within(&version, quiet) {
+                continue;
+            }
+            self.drop_version(&version);
+            if let Ok(mut staging) = control.staging.lock() {
+                staging.remove(&version);
+            }
+            control.uploads.discard(&version);
+            match control.store.remove_version(&version) {
+                Ok(()) => {
+                    metrics::counter!("scoregrid_node_versions_dropped_total", "node" => self.id().to_string()).increment(1);
+                    tracing::info!(node = %self.id(), %version, "version not in the cluster map: dropped from RAM and disk");
+                }
+                Err(error) => {
+                    tracing::warn!(node = %self.id(), %version, %error, "cannot delete a dropped version");
+                }
+            }
         }
     }
 

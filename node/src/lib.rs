@@ -21,8 +21,10 @@ pub mod control;
 pub mod follow;
 pub mod hosted;
 pub mod local;
+pub mod repair;
 pub mod rpc;
 pub mod service;
+pub mod staging;
 pub mod store;
 
 pub use control::Control;

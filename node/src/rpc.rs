@@ -72,9 +72,10 @@ impl NodeService {
             | Request::Status
             | Request::FetchDirectory(_)
             | Request::Cluster(_) => return Ok(()),
-            Request::StageDirectory(_) | Request::StagePartition(_) | Request::Activate(_) => {
-                &[Role::Loader, Role::Operator]
-            }
+            Request::StageDirectory(_)
+            | Request::StageChunk(_)
+            | Request::StagedInventory(_)
+            | Request::Activate(_) => &[Role::Loader, Role::Operator],
             Request::ReadPartition(_) | Request::Raft(_) => &[Role::Node],
         };
         let not_a_member = matches!(request, Request::ReadPartition(_))
@@ -101,10 +102,20 @@ impl NodeService {
             )));
         }
         // A read names its model version, which never changes under a name: a stale map cannot
-        // make it wrong, and the answer's epoch tells the caller to refresh. Work that follows
-        // the placement (staging, activation, repair) must not act on an old one.
+        // make it wrong, and the answer's epoch tells the caller to refresh. Staging is not
+        // fenced either: the flip is accepted only when the map's own staging reports cover the
+        // current placement, so a copy staged by an older one is at worst not needed, and a
+        // load survives the map changes (its own reports among them) that happen while it runs.
+        // A direct activation and repair act on the placement: they must not use an old one.
+        let fenced = !matches!(
+            request,
+            Request::Raft(_)
+                | Request::StageDirectory(_)
+                | Request::StageChunk(_)
+                | Request::StagedInventory(_)
+        );
         let own = self.clock.own();
-        if !matches!(request, Request::Raft(_)) && caller.epoch < own {
+        if fenced && caller.epoch < own {
             return Err(NodeError::StaleEpoch {
                 sender: caller.epoch,
                 receiver: own,
@@ -145,7 +156,8 @@ impl scoregrid_wire::Service for NodeService {
                     .handle_until(request, Some(caller.deadline.into_std())),
             ),
             Request::StageDirectory(_)
-            | Request::StagePartition(_)
+            | Request::StageChunk(_)
+            | Request::StagedInventory(_)
             | Request::Activate(_)
             | Request::ReadPartition(_) => {
                 let node = self.node.clone();

@@ -6,7 +6,7 @@ use metrics::Counter;
 use scoregrid_shard::{
     Directory, ModelVersion, Partition, SegmentQuery, TopK, kernel, score_segment,
 };
-use scoregrid_wire::message::{PartitionFile, ReadPartition};
+use scoregrid_wire::message::{FILE_CHUNK_BYTES_MAX, PartitionFile, ReadPartition};
 use scoregrid_wire::{
     CustomerProfile, FetchCustomer, NodeError, NodeId, ProductScore, Request, Response,
     ScoreProducts, ScoreProductsReply, ScoreSegments, ScoreSegmentsReply,
@@ -176,7 +176,11 @@ impl Node {
                 .version(&v)
                 .map(|h| Response::Directory(Box::new(Directory::clone(h.directory())))),
             Request::StageDirectory(d) => self.stage_directory(*d).map(|()| Response::Done),
-            Request::StagePartition(p) => self.stage_partition(&p.bytes).map(Response::Staged),
+            Request::StageChunk(chunk) => self.stage_chunk(chunk).map(|outcome| match outcome {
+                Ok(staged) => Response::Staged(staged),
+                Err(received) => Response::StageProgress { received },
+            }),
+            Request::StagedInventory(v) => self.inventory(&v).map(Response::Inventory),
             Request::Activate(v) => self.activate(&v).map(|()| Response::Done),
             Request::ReadPartition(r) => self.read_partition(&r).map(Response::PartitionFile),
             Request::Raft(_) | Request::Cluster(_) => Err(NodeError::Refused(
@@ -198,8 +202,22 @@ impl Node {
                 request.partition, request.version
             ))
         })?;
+        let length = request.length.min(FILE_CHUNK_BYTES_MAX);
+        if let Some(control) = self.control.as_ref() {
+            let (bytes, file_bytes) = control
+                .store
+                .read_range(&request.version, request.partition, request.offset, length)
+                .map_err(crate::control::storage)?;
+            return Ok(PartitionFile { bytes, file_bytes });
+        }
+        // A node without a data directory encodes what it serves.
+        let encoded = scoregrid_shard::file::encode(partition).bytes;
+        let file_bytes = encoded.len() as u64;
+        let start = request.offset.min(file_bytes) as usize;
+        let end = (start + length as usize).min(encoded.len());
         Ok(PartitionFile {
-            bytes: scoregrid_shard::file::encode(partition).bytes,
+            bytes: encoded[start..end].to_vec(),
+            file_bytes,
         })
     }
 

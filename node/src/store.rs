@@ -12,6 +12,7 @@
 
 use scoregrid_shard::file::{read_partition, write_partition};
 use scoregrid_shard::{Directory, FileError, ModelVersion, Partition, PartitionId};
+use scoregrid_wire::message::Inventory;
 use std::fs;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -52,6 +53,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     scoregrid_shard::durable::write_atomically(path, bytes).map_err(io(path))
 }
 
+/// The checksum in the trailer of the partition file at `path`.
+fn trailer(path: &Path) -> std::io::Result<u32> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path)?;
+    file.seek(SeekFrom::End(-4))?;
+    let mut crc = [0u8; 4];
+    file.read_exact(&mut crc)?;
+    Ok(u32::from_le_bytes(crc))
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
@@ -65,8 +76,178 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let models = root.join("models");
         fs::create_dir_all(&models).map_err(io(&models))?;
-        Ok(Self {
+        let store = Self {
             root: root.to_path_buf(),
+        };
+        // Pieces of files a crash interrupted (uploads, atomic writes) are never read: delete
+        // them, so that they do not pile up over restarts.
+        for version in store.versions()? {
+            let dir = store.version_dir(&version);
+            match scoregrid_shard::durable::remove_temporary_files(&dir) {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(%version, removed, "temporary files of an interrupted write removed")
+                }
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The folder of `version`, created if needed; a new folder's entry is fsynced so that
+    /// what is renamed into it later survives a crash.
+    fn created_version_dir(&self, version: &ModelVersion) -> Result<PathBuf, StoreError> {
+        let dir = self.version_dir(version);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            scoregrid_shard::durable::sync_parent(&dir).map_err(io(&dir))?;
+        }
+        Ok(dir)
+    }
+
+    /// A new temporary file for an upload of partition `id` of `version`, beside its final name
+    /// and under a name no other writer uses.
+    ///
+    /// # Errors
+    /// `StoreError::Io`.
+    pub fn upload_file(
+        &self,
+        version: &ModelVersion,
+        id: PartitionId,
+    ) -> Result<(fs::File, PathBuf), StoreError> {
+        self.created_version_dir(version)?;
+        let path = scoregrid_shard::durable::temporary_path(&self.partition_path(version, id));
+        let file = fs::File::create(&path).map_err(io(&path))?;
+        Ok((file, path))
+    }
+
+    /// Gives a complete, verified and fsynced upload its final name (durably).
+    ///
+    /// # Errors
+    /// `StoreError::Io`.
+    pub fn keep_upload(
+        &self,
+        upload: &Path,
+        version: &ModelVersion,
+        id: PartitionId,
+    ) -> Result<(), StoreError> {
+        let path = self.partition_path(version, id);
+        fs::rename(upload, &path).map_err(io(&path))?;
+        scoregrid_shard::durable::sync_parent(&path).map_err(io(&path))
+    }
+
+    /// Whether a partition file of `version` is on disk.
+    pub fn has_partition(&self, version: &ModelVersion, id: PartitionId) -> bool {
+        self.partition_path(version, id).is_file()
+    }
+
+    /// Reads and verifies one partition file of `version`.
+    ///
+    /// # Errors
+    /// `StoreError::Partition` if it cannot be read or verified, `Corrupt` if it holds another
+    /// partition.
+    pub fn read_one(
+        &self,
+        version: &ModelVersion,
+        id: PartitionId,
+    ) -> Result<Partition, StoreError> {
+        let path = self.partition_path(version, id);
+        let partition = read_partition(&path)?;
+        if partition.version() != version || partition.id() != id {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                what: format!(
+                    "holds partition {} of {}, expected {id} of {version}",
+                    partition.id(),
+                    partition.version()
+                ),
+            });
+        }
+        Ok(partition)
+    }
+
+    /// `length` bytes (fewer at the end) of partition `id`'s file from `offset`, and the file's
+    /// length.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the file cannot be read, `Corrupt` for an offset beyond its end.
+    pub fn read_range(
+        &self,
+        version: &ModelVersion,
+        id: PartitionId,
+        offset: u64,
+        length: u32,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.partition_path(version, id);
+        let mut file = fs::File::open(&path).map_err(io(&path))?;
+        let file_bytes = file.metadata().map_err(io(&path))?.len();
+        if offset > file_bytes {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                what: format!("offset {offset} is beyond the file's {file_bytes} bytes"),
+            });
+        }
+        let take = (file_bytes - offset).min(u64::from(length));
+        file.seek(SeekFrom::Start(offset)).map_err(io(&path))?;
+        let mut bytes = vec![0u8; take as usize];
+        file.read_exact(&mut bytes).map_err(io(&path))?;
+        Ok((bytes, file_bytes))
+    }
+
+    /// The checksum in the trailer of partition `id`'s file, if the file is there.
+    pub fn checksum_of(&self, version: &ModelVersion, id: PartitionId) -> Option<u32> {
+        trailer(&self.partition_path(version, id)).ok()
+    }
+
+    /// Sets partition `id`'s file aside (see [`Store::quarantine`]).
+    ///
+    /// # Errors
+    /// `StoreError::Io` if it cannot be renamed.
+    pub fn quarantine_partition(
+        &self,
+        version: &ModelVersion,
+        id: PartitionId,
+    ) -> Result<(), StoreError> {
+        self.quarantine(&self.partition_path(version, id))
+    }
+
+    /// What of `version` is on disk: its directory's digest (if the directory is there and
+    /// reads back), and each complete partition file with the checksum in its trailer. Files
+    /// get their final name only after verification, so the trailer stands for the file.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the version's folder cannot be listed.
+    pub fn inventory(&self, version: &ModelVersion) -> Result<Inventory, StoreError> {
+        if !self.version_dir(version).is_dir() {
+            return Ok(Inventory::default());
+        }
+        let directory = self.read_directory(version).ok().map(|d| d.digest());
+        let mut partitions = Vec::new();
+        for path in self.partition_files(version)? {
+            let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.strip_prefix('p'))
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            match trailer(&path) {
+                Ok(checksum) => partitions.push((PartitionId(id), checksum)),
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "partition file unreadable; not counted as staged");
+                }
+            }
+        }
+        Ok(Inventory {
+            directory,
+            partitions,
         })
     }
 
@@ -88,8 +269,7 @@ impl Store {
     /// # Errors
     /// `StoreError::Io` or `StoreError::Partition`.
     pub fn write_partition(&self, partition: &Partition) -> Result<u32, StoreError> {
-        let dir = self.version_dir(partition.version());
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        self.created_version_dir(partition.version())?;
         Ok(write_partition(
             &self.partition_path(partition.version(), partition.id()),
             partition,
@@ -107,8 +287,7 @@ impl Store {
         id: PartitionId,
         bytes: &[u8],
     ) -> Result<u32, StoreError> {
-        let dir = self.version_dir(version);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        self.created_version_dir(version)?;
         let path = self.partition_path(version, id);
         let trailer: [u8; 4] = bytes
             .len()
@@ -127,8 +306,7 @@ impl Store {
     /// # Errors
     /// `StoreError::Io`, or `Corrupt` if it cannot be encoded.
     pub fn write_directory(&self, directory: &Directory) -> Result<(), StoreError> {
-        let dir = self.version_dir(&directory.version);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let dir = self.created_version_dir(&directory.version)?;
         let path = dir.join("directory.bin");
         let payload =
             scoregrid_wire::codec::encode(directory).map_err(|e| StoreError::Corrupt {
@@ -264,6 +442,15 @@ impl Store {
             &self.root.join(ACTIVE_FILE),
             format!("{version}\n").as_bytes(),
         )
+    }
+
+    /// Whether the folder of `version` changed (a file added, renamed or removed) within `span`.
+    pub fn changed_within(&self, version: &ModelVersion, span: std::time::Duration) -> bool {
+        fs::metadata(self.version_dir(version))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age < span)
     }
 
     /// Deletes a version's files.

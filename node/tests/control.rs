@@ -11,7 +11,7 @@ use scoregrid_shard::{
     BuiltModel, ModelBuilder, ModelLayout, ModelSink, ModelVersion, PartitionCount, PartitionId,
     RowRef,
 };
-use scoregrid_wire::message::StagePartition;
+use scoregrid_wire::message::{Inventory, StageChunk};
 use scoregrid_wire::{FetchCustomer, NodeError, NodeId, Request, Response};
 
 fn model(version: &str, scale: f32) -> BuiltModel {
@@ -42,11 +42,48 @@ fn stage(node: &Node, built: &BuiltModel, partitions: usize) {
         Response::Done
     );
     for p in built.partitions.iter().take(partitions) {
-        match node.handle(Request::StagePartition(StagePartition {
-            bytes: encode(p).bytes,
-        })) {
+        match send_file(node, p.version(), p.id(), &encode(p).bytes, 97) {
             Response::Staged(s) => assert_eq!((s.partition, &s.version), (p.id(), p.version())),
             other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn chunk(
+    version: &ModelVersion,
+    partition: PartitionId,
+    file: &[u8],
+    offset: usize,
+    piece: usize,
+) -> Request {
+    let end = (offset + piece).min(file.len());
+    Request::StageChunk(StageChunk {
+        version: version.clone(),
+        partition,
+        file_bytes: file.len() as u64,
+        checksum: u32::from_le_bytes(file[file.len() - 4..].try_into().unwrap()),
+        offset: offset as u64,
+        bytes: file[offset..end].to_vec(),
+    })
+}
+
+/// Sends a partition file in pieces of `piece` bytes; returns the last answer.
+fn send_file(
+    node: &Node,
+    version: &ModelVersion,
+    partition: PartitionId,
+    file: &[u8],
+    piece: usize,
+) -> Response {
+    let mut offset = 0;
+    loop {
+        let response = node.handle(chunk(version, partition, file, offset, piece));
+        offset = (offset + piece).min(file.len());
+        match response {
+            Response::StageProgress { received } if offset < file.len() => {
+                assert_eq!(received, offset as u64);
+            }
+            last => return last,
         }
     }
 }
@@ -96,17 +133,21 @@ fn staged_versions_serve_once_complete_and_are_active_only_once_activated() {
         customer_vector(&node, "v1", 5),
         Response::Customer(Some(_))
     ));
-    // A peer can read a partition back: the same file, checksum included.
+    // A peer can read a partition back in ranges: the same file, checksum included.
+    let file = encode(&v1.partitions[2]).bytes;
     let read = node.handle(Request::ReadPartition(
         scoregrid_wire::message::ReadPartition {
             version: ModelVersion::new("v1").unwrap(),
             partition: PartitionId(2),
+            offset: 10,
+            length: 20,
         },
     ));
     assert_eq!(
         read,
         Response::PartitionFile(scoregrid_wire::message::PartitionFile {
-            bytes: encode(&v1.partitions[2]).bytes
+            bytes: file[10..30].to_vec(),
+            file_bytes: file.len() as u64,
         })
     );
     match node.handle(Request::Status) {
@@ -126,19 +167,36 @@ fn corrupt_partitions_are_refused_and_change_nothing() {
     let mut bytes = encode(&v1.partitions[0]).bytes;
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
-    let message = refusal(node.handle(Request::StagePartition(StagePartition { bytes })));
+    let v = v1.directory.version.clone();
+    let message = refusal(send_file(&node, &v, PartitionId(0), &bytes, 64));
     assert!(message.contains("checksum mismatch"), "{message}");
-    let message = refusal(node.handle(Request::StagePartition(StagePartition {
-        bytes: b"junk".to_vec(),
-    })));
+    let message = refusal(send_file(&node, &v, PartitionId(0), b"junk-junk", 64));
     assert!(message.contains("bad magic"), "{message}");
+    // A file that decodes but is not the partition it was sent as.
+    let other = encode(&v1.partitions[1]).bytes;
+    let message = refusal(send_file(&node, &v, PartitionId(0), &other, 64));
+    assert!(message.contains("holds partition"), "{message}");
+    // Pieces must come in order.
+    let good = encode(&v1.partitions[0]).bytes;
+    assert!(matches!(
+        node.handle(chunk(&v, PartitionId(0), &good, 0, 50)),
+        Response::StageProgress { received: 50 }
+    ));
+    let message = refusal(node.handle(chunk(&v, PartitionId(0), &good, 100, 50)));
+    assert!(message.contains("expected one at 50"), "{message}");
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.inventory(&v).unwrap(),
+        Inventory::default(),
+        "nothing kept under a real name"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/v-v1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(
-        Store::open(dir.path())
-            .unwrap()
-            .versions()
-            .unwrap()
-            .is_empty(),
-        "nothing written"
+        leftovers.len() <= 1,
+        "at most the open upload: {leftovers:?}"
     );
 }
 
@@ -311,4 +369,130 @@ fn malformed_or_late_scoring_requests_are_refused() {
         node.handle_until(request(vec![1.0, 1.0], 5), Some(past)),
         Response::Error(NodeError::DeadlineExceeded)
     );
+}
+
+/// A node restarted in the middle of a load keeps every partition it had finished (and says so
+/// to a rerun), deletes the piece of the one it had not, and completes the version from the
+/// rest without being sent the finished ones again.
+#[test]
+fn a_restart_mid_load_resumes_from_what_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = model("v1", 1.0);
+    let v = v1.directory.version.clone();
+    let files: Vec<Vec<u8>> = v1.partitions.iter().map(|p| encode(p).bytes).collect();
+    {
+        let node = node(dir.path());
+        for (i, file) in files.iter().enumerate().take(2) {
+            assert!(matches!(
+                send_file(&node, &v, PartitionId(i as u32), file, 40),
+                Response::Staged(_)
+            ));
+        }
+        // Half of partition 2, then the process dies.
+        assert!(matches!(
+            node.handle(chunk(&v, PartitionId(2), &files[2], 0, files[2].len() / 2)),
+            Response::StageProgress { .. }
+        ));
+    }
+    let node = node(dir.path());
+    let sums: Vec<(PartitionId, u32)> = (0..2)
+        .map(|i| {
+            let f = &files[i];
+            (
+                PartitionId(i as u32),
+                u32::from_le_bytes(f[f.len() - 4..].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        node.handle(Request::StagedInventory(v.clone())),
+        Response::Inventory(Inventory {
+            directory: None,
+            partitions: sums,
+        })
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("models/v-v1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(".part")),
+        "no leftovers: {names:?}"
+    );
+    // A rerun: finished partitions are answered at once, the rest sent, the directory last.
+    assert!(matches!(
+        node.handle(chunk(&v, PartitionId(0), &files[0], 0, 10)),
+        Response::Staged(_)
+    ));
+    for (i, file) in files.iter().enumerate().skip(2) {
+        assert!(matches!(
+            send_file(&node, &v, PartitionId(i as u32), file, 1000),
+            Response::Staged(_)
+        ));
+    }
+    assert_eq!(
+        node.handle(Request::StageDirectory(Box::new(v1.directory.clone()))),
+        Response::Done
+    );
+    assert_eq!(node.handle(Request::Activate(v.clone())), Response::Done);
+    assert!(matches!(
+        customer_vector(&node, "v1", 5),
+        Response::Customer(Some(_))
+    ));
+    // Staging the directory of a hosted version again is a no-op.
+    assert_eq!(
+        node.handle(Request::StageDirectory(Box::new(v1.directory.clone()))),
+        Response::Done
+    );
+}
+
+/// A node that follows a map keeps what the map lists and the active version; others leave RAM
+/// and disk. A retired version kept on disk serves again after a restart (a rollback).
+#[test]
+fn versions_the_map_no_longer_lists_leave_ram_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["v1", "v2", "v3"];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let all: Vec<PartitionId> = (0..4).map(PartitionId).collect();
+        let node = Node::with_control(
+            NodeId(1),
+            Control::new(store, all, scoregrid_node::control::RETAINED_BY_MAP),
+        );
+        for (i, name) in names.iter().enumerate() {
+            stage(&node, &model(name, i as f32 + 1.0), 4);
+            assert_eq!(
+                node.handle(Request::Activate(ModelVersion::new(name).unwrap())),
+                Response::Done
+            );
+        }
+        let listed: Vec<ModelVersion> = ["v2", "v3"]
+            .iter()
+            .map(|n| ModelVersion::new(n).unwrap())
+            .collect();
+        node.keep_only(&listed, std::time::Duration::ZERO);
+        assert!(matches!(
+            customer_vector(&node, "v1", 5),
+            Response::Error(NodeError::UnknownVersion(_))
+        ));
+        let on_disk: Vec<String> = Store::open(dir.path())
+            .unwrap()
+            .versions()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(on_disk, ["v2", "v3"]);
+    }
+    let restarted = node(dir.path());
+    restarted.restore().unwrap();
+    // v2 is not in RAM after the restart; a rollback reads it back from disk.
+    assert_eq!(
+        restarted.handle(Request::Activate(ModelVersion::new("v2").unwrap())),
+        Response::Done
+    );
+    match customer_vector(&restarted, "v2", 5) {
+        Response::Customer(Some(profile)) => assert_eq!(profile.vector, vec![10.0, 1.0]),
+        other => panic!("{other:?}"),
+    }
 }

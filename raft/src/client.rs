@@ -74,6 +74,9 @@ impl ClientError {
 
 pub struct ClusterClient {
     nodes: Vec<(Seed, Arc<dyn NodeClient>)>,
+    /// The node that answered last: asked first next time, so that a dead seed costs one
+    /// timeout, not one per request.
+    preferred: std::sync::atomic::AtomicUsize,
     /// How long one request may take (a proposal waits for the cluster's `client_timeout`).
     timeout: Duration,
 }
@@ -85,7 +88,11 @@ impl ClusterClient {
             .iter()
             .filter_map(|seed| Some((seed.clone(), seed.client(endpoint)?)))
             .collect();
-        Self { nodes, timeout }
+        Self {
+            nodes,
+            preferred: std::sync::atomic::AtomicUsize::new(0),
+            timeout,
+        }
     }
 
     /// Sends `request` to each seed in turn until one answers.
@@ -96,12 +103,22 @@ impl ClusterClient {
         let payload = scoregrid_wire::codec::encode(request)
             .map_err(|e| ClientError::Unreachable(format!("request does not encode: {e}")))?;
         let mut errors = Vec::new();
-        for (seed, client) in &self.nodes {
+        let first = self
+            .preferred
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(self.nodes.len().saturating_sub(1));
+        let order = (0..self.nodes.len()).map(|i| (first + i) % self.nodes.len());
+        for at in order {
+            let (seed, client) = &self.nodes[at];
             let deadline = Instant::now() + self.timeout;
             let call = client.call_until(Request::Cluster(payload.clone()), Some(deadline));
             match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(response)) => match decode_cluster_reply(response) {
-                    Ok(reply) => return Ok(reply),
+                    Ok(reply) => {
+                        self.preferred
+                            .store(at, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(reply);
+                    }
                     Err(error) => errors.push(format!("{}: {error}", seed.addr)),
                 },
                 Ok(Err(error)) => errors.push(format!("{}: {error}", seed.addr)),

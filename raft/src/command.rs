@@ -6,11 +6,10 @@
 //! that changes the map raises the epoch by one; a command that would not change anything (a node
 //! already in the state asked for) leaves the map and its epoch alone.
 
-use crate::map::{
-    ClusterMap, Epoch, MODEL_RECORDS_MAX, ModelRecord, ModelState, NodeInfo, NodeState,
-};
+use crate::map::{ClusterMap, Epoch, NodeInfo, NodeState};
+use crate::models;
 use crate::placement::ReplicationFactor;
-use scoregrid_shard::{ModelVersion, PartitionCount};
+use scoregrid_shard::{ModelVersion, PartitionCount, PartitionId};
 use scoregrid_wire::NodeId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -23,6 +22,8 @@ pub enum MapCommand {
         partitions: u32,
         replication_factor: u32,
         virtual_nodes: u32,
+        /// Retired versions kept for rollback (`node.versions_retained` of the first leader).
+        versions_retained: u32,
     },
     /// `scoregrid node --join`: a new node, state joining, holding nothing yet. Joining again
     /// with the same name (a restarted node) updates its addresses.
@@ -40,10 +41,27 @@ pub enum MapCommand {
     /// `scoregrid cluster remove ID`: the node leaves the map; partitions it held get a new
     /// replica on the remaining nodes.
     Remove { id: NodeId },
-    /// A loader registers a version it is about to stage (state staging).
-    RegisterModel { version: ModelVersion },
-    /// The cluster-wide flip: `version` becomes active, the previous active one retired.
+    /// A loader registers a version it is about to stage (state staging), with the CRC-32 of
+    /// its directory and of each partition file (indexed by partition id).
+    RegisterModel {
+        version: ModelVersion,
+        digest: u32,
+        checksums: Vec<u32>,
+    },
+    /// A loader reports partitions of a staging version that `node` has staged, each with the
+    /// checksum the node computed over what it wrote.
+    ReportStaged {
+        version: ModelVersion,
+        node: NodeId,
+        partitions: Vec<(PartitionId, u32)>,
+    },
+    /// The cluster-wide flip: `version` becomes active, the previous active one retired. A
+    /// staging version is accepted only when it is staged everywhere ([`crate::models`]).
     ActivateModel { version: ModelVersion },
+    /// `scoregrid model drop V`: a staging or retired version leaves the map (and the nodes).
+    DropModel { version: ModelVersion },
+    /// `scoregrid model retain N`: retired versions kept for rollback.
+    RetainVersions { versions: u32 },
 }
 
 impl MapCommand {
@@ -56,7 +74,10 @@ impl MapCommand {
             MapCommand::Maintenance { .. } => "maintenance",
             MapCommand::Remove { .. } => "remove",
             MapCommand::RegisterModel { .. } => "register_model",
+            MapCommand::ReportStaged { .. } => "report_staged",
             MapCommand::ActivateModel { .. } => "activate_model",
+            MapCommand::DropModel { .. } => "drop_model",
+            MapCommand::RetainVersions { .. } => "retain_versions",
         }
     }
 }
@@ -124,14 +145,24 @@ impl ClusterMap {
         response
     }
 
-    /// Registers and activates `version` outside Raft (see [`ClusterMap::apply`]).
+    /// Registers and activates `version` outside Raft (see [`ClusterMap::apply`]): for a map
+    /// whose nodes were given the version directly, so no staging is reported.
     pub fn activate_outside_raft(&mut self, version: &ModelVersion) -> MapResponse {
+        let partitions = self.placement.partitions().get() as usize;
         self.apply(&MapCommand::RegisterModel {
             version: version.clone(),
+            digest: 0,
+            checksums: vec![0; partitions],
         });
-        self.apply(&MapCommand::ActivateModel {
-            version: version.clone(),
-        })
+        let mut next = self.clone();
+        match crate::models::activate_unchecked(&mut next, version) {
+            Ok(()) => {
+                next.epoch = Epoch(self.epoch.0 + 1);
+                *self = next;
+                MapResponse::Applied { epoch: self.epoch }
+            }
+            Err(reason) => MapResponse::Refused { reason },
+        }
     }
 }
 
@@ -161,6 +192,7 @@ fn bootstrap(command: &MapCommand) -> Result<ClusterMap, String> {
         partitions,
         replication_factor,
         virtual_nodes,
+        versions_retained,
     } = command
     else {
         return Err(format!(
@@ -173,8 +205,10 @@ fn bootstrap(command: &MapCommand) -> Result<ClusterMap, String> {
     let rf = ReplicationFactor::new(*replication_factor).ok_or_else(|| {
         format!("bootstrap: replication factor {replication_factor} is out of range")
     })?;
-    ClusterMap::bootstrap(nodes.clone(), partitions, rf, *virtual_nodes)
-        .map_err(|error| format!("bootstrap: {error}"))
+    let mut map = ClusterMap::bootstrap(nodes.clone(), partitions, rf, *virtual_nodes)
+        .map_err(|error| format!("bootstrap: {error}"))?;
+    map.versions_retained = (*versions_retained).min(crate::map::VERSIONS_RETAINED_MAX);
+    Ok(map)
 }
 
 /// Changes `map` in place; `Ok(false)` when there is nothing to change.
@@ -225,47 +259,19 @@ fn change(map: &mut ClusterMap, command: &MapCommand) -> Result<bool, String> {
             }
         }
         MapCommand::Remove { id } => remove(map, *id),
-        MapCommand::RegisterModel { version } => {
-            if let Some(record) = map.model(version) {
-                return match record.state {
-                    ModelState::Staging => Ok(false),
-                    state => Err(format!(
-                        "model version {version} is already {}; a new model needs a new version name",
-                        state.as_str()
-                    )),
-                };
-            }
-            map.models.push(ModelRecord {
-                version: version.clone(),
-                state: ModelState::Staging,
-            });
-            prune_models(map);
-            Ok(true)
-        }
-        MapCommand::ActivateModel { version } => {
-            match map.model(version).map(|m| m.state) {
-                None => {
-                    return Err(format!(
-                        "model version {version} is not registered in the map"
-                    ));
-                }
-                Some(ModelState::Active) => return Ok(false),
-                Some(ModelState::Staging | ModelState::Retired) => {}
-            }
-            for m in &mut map.models {
-                if m.state == ModelState::Active {
-                    m.state = ModelState::Retired;
-                }
-            }
-            // The active record goes last: the registry is ordered by when a version last served.
-            map.models.retain(|m| &m.version != version);
-            map.models.push(ModelRecord {
-                version: version.clone(),
-                state: ModelState::Active,
-            });
-            prune_models(map);
-            Ok(true)
-        }
+        MapCommand::RegisterModel {
+            version,
+            digest,
+            checksums,
+        } => models::register(map, version, *digest, checksums),
+        MapCommand::ReportStaged {
+            version,
+            node,
+            partitions,
+        } => models::report_staged(map, version, *node, partitions),
+        MapCommand::ActivateModel { version } => models::activate(map, version),
+        MapCommand::DropModel { version } => models::drop_version(map, version),
+        MapCommand::RetainVersions { versions } => models::set_retention(map, *versions),
     }
 }
 
@@ -332,6 +338,7 @@ fn remove(map: &mut ClusterMap, id: NodeId) -> Result<bool, String> {
         ));
     }
     map.nodes.retain(|n| n.id != id);
+    models::forget_node(map, id);
     let holders: Vec<NodeId> = map
         .nodes
         .iter()
@@ -346,22 +353,6 @@ fn remove(map: &mut ClusterMap, id: NodeId) -> Result<bool, String> {
         .reassign(&holders, map.virtual_nodes)
         .map_err(|error| format!("node {id} cannot be removed: {error}"))?;
     Ok(true)
-}
-
-/// Drops the oldest retired records beyond [`MODEL_RECORDS_MAX`].
-fn prune_models(map: &mut ClusterMap) {
-    while map.models.len() > MODEL_RECORDS_MAX {
-        match map
-            .models
-            .iter()
-            .position(|m| m.state == ModelState::Retired)
-        {
-            Some(oldest) => {
-                map.models.remove(oldest);
-            }
-            None => break,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -407,6 +398,7 @@ mod tests {
             partitions: 32,
             replication_factor: 2,
             virtual_nodes: 16,
+            versions_retained: 1,
         };
         assert_eq!(applied(&mut state, bootstrap.clone()), Epoch(1));
         assert_eq!(
@@ -421,6 +413,7 @@ mod tests {
                 partitions: 32,
                 replication_factor: 2,
                 virtual_nodes: 16,
+                versions_retained: 1,
             },
         );
         assert!(reason.contains("needs at least 2"), "{reason}");
@@ -530,35 +523,47 @@ mod tests {
     }
 
     #[test]
-    fn models_register_activate_and_retire() {
-        let mut state = Some(map(3, 16, 2));
+    fn a_refused_flip_changes_nothing_and_a_staged_one_commits() {
+        let mut state = Some(map(3, 8, 2));
         let reason = refusal(&mut state, MapCommand::ActivateModel { version: v("v1") });
         assert!(reason.contains("not registered"), "{reason}");
-        applied(&mut state, MapCommand::RegisterModel { version: v("v1") });
-        applied(&mut state, MapCommand::ActivateModel { version: v("v1") });
-        let reason = refusal(&mut state, MapCommand::RegisterModel { version: v("v1") });
-        assert!(reason.contains("already active"), "{reason}");
-        applied(&mut state, MapCommand::RegisterModel { version: v("v2") });
-        applied(&mut state, MapCommand::ActivateModel { version: v("v2") });
-        let map = state.as_ref().unwrap();
-        assert_eq!(map.active_model(), Some(&v("v2")));
-        assert_eq!(map.model(&v("v1")).unwrap().state, ModelState::Retired);
-        // Rollback is a flip to a retained version.
-        applied(&mut state, MapCommand::ActivateModel { version: v("v1") });
-        assert_eq!(state.as_ref().unwrap().active_model(), Some(&v("v1")));
-        for i in 0..40 {
-            let version = v(&format!("n{i}"));
+        let checksums: Vec<u32> = (0..8).collect();
+        let register = MapCommand::RegisterModel {
+            version: v("v1"),
+            digest: 1,
+            checksums: checksums.clone(),
+        };
+        applied(&mut state, register.clone());
+        assert!(matches!(
+            apply(&mut state, &register),
+            MapResponse::Unchanged { .. }
+        ));
+        let reason = refusal(&mut state, MapCommand::ActivateModel { version: v("v1") });
+        assert!(reason.contains("not staged everywhere"), "{reason}");
+        for n in 1..=3 {
+            let node = NodeId(n);
+            let partitions = state
+                .as_ref()
+                .unwrap()
+                .partitions_of(node)
+                .into_iter()
+                .map(|p| (p, checksums[p.index()]))
+                .collect();
             applied(
                 &mut state,
-                MapCommand::RegisterModel {
-                    version: version.clone(),
+                MapCommand::ReportStaged {
+                    version: v("v1"),
+                    node,
+                    partitions,
                 },
             );
-            applied(&mut state, MapCommand::ActivateModel { version });
         }
-        let map = state.as_ref().unwrap();
-        assert_eq!(map.models.len(), MODEL_RECORDS_MAX);
-        assert_eq!(map.active_model(), Some(&v("n39")));
+        applied(&mut state, MapCommand::ActivateModel { version: v("v1") });
+        assert_eq!(state.as_ref().unwrap().active_model(), Some(&v("v1")));
+        let reason = refusal(&mut state, MapCommand::DropModel { version: v("v1") });
+        assert!(reason.contains("is active"), "{reason}");
+        let reason = refusal(&mut state, register);
+        assert!(reason.contains("already active"), "{reason}");
     }
 
     #[test]

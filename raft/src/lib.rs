@@ -31,6 +31,7 @@ pub mod command;
 pub mod log_store;
 pub mod map;
 pub mod member;
+pub mod models;
 pub mod network;
 pub mod peers;
 pub mod placement;

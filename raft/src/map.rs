@@ -8,6 +8,7 @@ use crate::placement::{Placement, PlacementError, ReplicationFactor};
 use scoregrid_shard::{ModelVersion, PartitionCount, PartitionId};
 use scoregrid_wire::NodeId;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// Version of the cluster map; strictly increases with every change. `Epoch(0)` is "no map".
@@ -94,15 +95,49 @@ impl ModelState {
     }
 }
 
+/// A model version as the map knows it: what it must contain (the loader's checksums), and
+/// while it is staging, which replicas hold which of its partitions. The flip to it is accepted
+/// only when those reports cover the placement (see [`crate::models`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRecord {
     pub version: ModelVersion,
     pub state: ModelState,
+    /// CRC-32 of the version's directory as the loader encoded it.
+    pub digest: u32,
+    /// The checksum of each partition's file, indexed by partition id (one per partition).
+    pub checksums: Vec<u32>,
+    /// While staging: per node, the partitions it has staged with the right checksum (sorted).
+    /// Cleared when the version is activated: what a node holds from then on is the node's
+    /// business (it fetches what it lacks from the replicas).
+    pub staged: BTreeMap<NodeId, Vec<PartitionId>>,
+}
+
+impl ModelRecord {
+    /// Partition copies reported staged.
+    pub fn staged_copies(&self) -> usize {
+        self.staged.values().map(Vec::len).sum()
+    }
+
+    /// Whether `node` reported `partition` staged.
+    pub fn is_staged(&self, node: NodeId, partition: PartitionId) -> bool {
+        self.staged
+            .get(&node)
+            .is_some_and(|held| held.binary_search(&partition).is_ok())
+    }
 }
 
 /// Model records kept in the map: the oldest retired ones are pruned beyond it, so the map
 /// stays small whatever the number of nightly loads.
 pub const MODEL_RECORDS_MAX: usize = 16;
+
+/// Versions staging at once (registered, not yet active): a further registration is refused
+/// until one is activated or dropped. Nodes hold a staging version in RAM beside what they serve.
+pub const STAGING_VERSIONS_MAX: usize = 2;
+
+/// The most retired versions a map keeps for rollback and open cursors
+/// ([`ClusterMap::versions_retained`]); with [`STAGING_VERSIONS_MAX`] and the active one it stays
+/// within [`MODEL_RECORDS_MAX`].
+pub const VERSIONS_RETAINED_MAX: u32 = 8;
 
 /// Nodes a map holds; a join beyond it is refused (the placement table and every message
 /// carrying the map grow with it).
@@ -126,6 +161,9 @@ pub struct ClusterMap {
     pub virtual_nodes: u32,
     /// Oldest first.
     pub models: Vec<ModelRecord>,
+    /// Retired versions kept beside the active one (rollback, open cursors): on a flip, older
+    /// retired ones leave the map, and nodes delete them from RAM and disk.
+    pub versions_retained: u32,
 }
 
 impl ClusterMap {
@@ -152,6 +190,7 @@ impl ClusterMap {
             placement,
             virtual_nodes,
             models: Vec::new(),
+            versions_retained: 1,
         };
         map.check()?;
         Ok(map)
@@ -253,6 +292,48 @@ impl ClusterMap {
         {
             return broken("more than one active model".into());
         }
+        let staging = self
+            .models
+            .iter()
+            .filter(|m| m.state == ModelState::Staging)
+            .count();
+        if staging > STAGING_VERSIONS_MAX {
+            return broken(format!(
+                "{staging} versions staging, at most {STAGING_VERSIONS_MAX}"
+            ));
+        }
+        if self.versions_retained > VERSIONS_RETAINED_MAX {
+            return broken(format!(
+                "{} versions retained, at most {VERSIONS_RETAINED_MAX}",
+                self.versions_retained
+            ));
+        }
+        let partitions = self.placement.partitions().get() as usize;
+        for m in &self.models {
+            if m.checksums.len() != partitions {
+                return broken(format!(
+                    "model version {} has {} partition checksums for {partitions} partitions",
+                    m.version,
+                    m.checksums.len()
+                ));
+            }
+            for (node, held) in &m.staged {
+                if self.node(*node).is_none() {
+                    return broken(format!(
+                        "model version {} staged on node {node}, which is not in the map",
+                        m.version
+                    ));
+                }
+                if held.windows(2).any(|w| w[0] >= w[1])
+                    || held.last().is_some_and(|p| p.index() >= partitions)
+                {
+                    return broken(format!(
+                        "model version {}: node {node}'s staged partitions are not sorted, unique and in range",
+                        m.version
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -305,6 +386,9 @@ pub(crate) mod tests {
             broken.models.push(ModelRecord {
                 version: ModelVersion::new(v).unwrap(),
                 state: ModelState::Active,
+                digest: 0,
+                checksums: vec![0; 8],
+                staged: BTreeMap::new(),
             });
         }
         assert!(broken.check().unwrap_err().to_string().contains("active"));

@@ -618,9 +618,11 @@ fn authorize(
 ) -> Result<(), ClusterError> {
     let allowed: &[Role] = match command {
         MapCommand::Maintenance { .. } | MapCommand::Remove { .. } => &[Role::Operator],
-        MapCommand::RegisterModel { .. } | MapCommand::ActivateModel { .. } => {
-            &[Role::Loader, Role::Operator]
-        }
+        MapCommand::RegisterModel { .. }
+        | MapCommand::ReportStaged { .. }
+        | MapCommand::ActivateModel { .. }
+        | MapCommand::DropModel { .. }
+        | MapCommand::RetainVersions { .. } => &[Role::Loader, Role::Operator],
         MapCommand::Join { name, .. } => {
             if !forwarded && caller.peer.name != *name {
                 return Err(ClusterError::NotAllowed(format!(

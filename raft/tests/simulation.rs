@@ -54,6 +54,8 @@ use tokio::time::Instant;
 /// Seeds per sweep test (four sweeps: two for 3 members, two for 5): 1,000 seeds of each size.
 const SEEDS_PER_SWEEP: u64 = 500;
 /// Virtual time of the nemesis phase of one run.
+/// Partitions of the simulated map.
+const PARTITIONS: u32 = 16;
 const FAULT_PHASE: Duration = Duration::from_secs(12);
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const ELECTION_MIN: Duration = Duration::from_millis(300);
@@ -245,9 +247,10 @@ fn settings(id: u64, members: u64) -> MemberSettings {
         voters,
         bootstrap: MapCommand::Bootstrap {
             nodes,
-            partitions: 16,
+            partitions: PARTITIONS,
             replication_factor: 2,
             virtual_nodes: 8,
+            versions_retained: 1,
         },
         auto_initialize: true,
         heartbeat: HEARTBEAT,
@@ -383,10 +386,19 @@ impl History {
             };
             // The map of epoch E is the one the command produced: it shows exactly that change.
             let holds = match &command {
-                MapCommand::RegisterModel { version } => map
+                MapCommand::RegisterModel { version, .. } => map
                     .model(version)
                     .is_some_and(|m| m.state == scoregrid_raft::ModelState::Staging),
+                MapCommand::ReportStaged {
+                    version,
+                    node,
+                    partitions,
+                } => map.model(version).is_some_and(|m| {
+                    m.state == scoregrid_raft::ModelState::Staging
+                        && partitions.iter().all(|&(p, _)| m.is_staged(*node, p))
+                }),
                 MapCommand::ActivateModel { version } => map.active_model() == Some(version),
+                MapCommand::DropModel { version } => map.model(version).is_none(),
                 MapCommand::Maintenance { id, on } => {
                     map.state_of(*id)
                         == Some(if *on {
@@ -638,17 +650,37 @@ async fn simulate(seed: u64, members: u64, root: PathBuf) -> (Vec<String>, Vec<S
                     }
                     let (id, member) = running[dice.below(running.len() as u64) as usize].clone();
                     writes += 1;
-                    let command = match dice.below(3) {
+                    // A few version names, so that registrations, staging reports, flips
+                    // and drops meet the same versions.
+                    let k = dice.below(4) as u32;
+                    let version = ModelVersion::new(&format!("v{k}")).expect("name");
+                    let command = match dice.below(5) {
                         0 => MapCommand::Maintenance {
                             id: NodeId(1 + dice.below(members)),
                             on: dice.chance(50),
                         },
                         1 => MapCommand::RegisterModel {
-                            version: ModelVersion::new(&format!("v{writes}")).expect("name"),
+                            version,
+                            digest: k,
+                            checksums: vec![k; PARTITIONS as usize],
                         },
-                        _ => MapCommand::ActivateModel {
-                            version: ModelVersion::new(&format!("v{}", writes - 1)).expect("name"),
-                        },
+                        2 => {
+                            let node = NodeId(1 + dice.below(members));
+                            let partitions = member
+                                .map()
+                                .map(|m| m.partitions_of(node))
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|p| (p, k))
+                                .collect();
+                            MapCommand::ReportStaged {
+                                version,
+                                node,
+                                partitions,
+                            }
+                        }
+                        3 => MapCommand::ActivateModel { version },
+                        _ => MapCommand::DropModel { version },
                     };
                     let entry = Rc::new(RefCell::new(Pending {
                         member: id,

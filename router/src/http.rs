@@ -414,12 +414,12 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
         "commit_index": leader_status.as_ref().and_then(|s| s.commit_index),
         "active_version": map.active_model().map(|v| v.as_str()),
         "nodes": nodes_json(map, contact_of),
-        "versions": map.models.iter().map(|m| serde_json::json!({
-            "version": m.version.as_str(),
-            "state": m.state,
-            "containers": view.directories.get(&m.version).map(|d| d.containers.len()),
-            "segments": view.directories.get(&m.version).map(|d| d.segment_count()),
-        })).collect::<Vec<_>>(),
+        "versions": versions_json(map).into_iter().zip(&map.models).map(|(mut v, m)| {
+            v["containers"] = view.directories.get(&m.version).map(|d| d.containers.len()).into();
+            v["segments"] = view.directories.get(&m.version).map(|d| d.segment_count()).into();
+            v
+        }).collect::<Vec<_>>(),
+        "versions_retained": map.versions_retained,
         "under_replicated_partitions": map.under_replicated(),
         "placement": {
             "partitions": placement.partitions().get(),
@@ -431,6 +431,26 @@ async fn cluster(State(state): State<Arc<RouterState>>) -> Result<Response, ApiE
         "up": map.nodes.iter().filter(|n| n.state == NodeState::Up).count(),
     });
     Ok(json(StatusCode::OK, &body))
+}
+
+/// The `versions` of `/v1/cluster` (and of `scoregrid cluster status --json`), oldest first:
+/// each version's state and directory digest, and for one staging, the copies its replicas
+/// reported staged and those still missing before it may be activated.
+pub fn versions_json(map: &ClusterMap) -> Vec<serde_json::Value> {
+    map.models
+        .iter()
+        .map(|m| {
+            let staging = m.state == scoregrid_raft::ModelState::Staging;
+            serde_json::json!({
+                "version": m.version.as_str(),
+                "state": m.state,
+                "digest": format!("{:08x}", m.digest),
+                "staged_copies": staging.then(|| m.staged_copies()),
+                "copies_missing": staging
+                    .then(|| scoregrid_raft::models::missing_copies(map, m).len()),
+            })
+        })
+        .collect()
 }
 
 /// The `nodes` of `/v1/cluster` (and of `scoregrid cluster status --json`): each node of the

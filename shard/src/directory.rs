@@ -86,11 +86,59 @@ impl Directory {
     pub fn segment_count(&self) -> usize {
         self.containers.values().map(|c| c.segments.len()).sum()
     }
+
+    /// CRC-32 of the directory in a canonical order (containers by id), so that every process
+    /// computes the same value for the same directory: the map records it, nodes report it.
+    pub fn digest(&self) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(self.version.as_str().as_bytes());
+        hasher.update(&self.dim.to_le_bytes());
+        hasher.update(&self.partitions.get().to_le_bytes());
+        let mut ids: Vec<&ContainerId> = self.containers.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let entry = &self.containers[id];
+            hasher.update(&id.to_le_bytes());
+            hasher.update(&(entry.segments.len() as u64).to_le_bytes());
+            for segment in &entry.segments {
+                hasher.update(&segment.products.to_le_bytes());
+                hasher.update(&segment.in_stock.to_le_bytes());
+                hasher.update(&(segment.in_stock_by_category.len() as u64).to_le_bytes());
+                for (category, count) in &segment.in_stock_by_category {
+                    hasher.update(&category.to_le_bytes());
+                    hasher.update(&count.to_le_bytes());
+                }
+            }
+        }
+        hasher.finalize()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_ignores_hash_order_and_sees_every_field() {
+        let entry = |n: u32| ContainerEntry {
+            segments: vec![summary(n, &[(1, n)])],
+        };
+        let directory = |ids: &[u64]| Directory {
+            version: ModelVersion::new("v1").unwrap(),
+            dim: 4,
+            partitions: PartitionCount::new(8).unwrap(),
+            containers: ids.iter().map(|&id| (id, entry(id as u32))).collect(),
+        };
+        let a = directory(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let b = directory(&[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(a.digest(), b.digest());
+        let mut c = a.clone();
+        c.containers.get_mut(&3).unwrap().segments[0].in_stock_by_category[0].1 += 1;
+        assert_ne!(a.digest(), c.digest());
+        let mut d = a.clone();
+        d.dim = 5;
+        assert_ne!(a.digest(), d.digest());
+    }
 
     fn summary(in_stock: u32, by_category: &[(u32, u32)]) -> SegmentSummary {
         SegmentSummary {

@@ -19,7 +19,7 @@ pub const SEAL_BYTES: usize = 16;
 
 /// A temporary name beside `path` that no other writer in any process uses at the same time:
 /// the process id and a per-process sequence number tell two writers of the same file apart.
-fn temporary_path(path: &Path) -> PathBuf {
+pub fn temporary_path(path: &Path) -> PathBuf {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let name = path

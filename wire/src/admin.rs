@@ -2,7 +2,10 @@
 //! from the request path's calls ([`crate::client`]) and available on every [`NodeClient`].
 
 use crate::client::{NodeClient, RpcError, RpcFuture};
-use crate::message::{NodeStatus, ReadPartition, Request, Response, StagePartition, Staged};
+use crate::message::{
+    FILE_CHUNK_BYTES_MAX, Inventory, NodeStatus, PartitionFile, ReadPartition, Request, Response,
+    StageChunk, Staged,
+};
 use scoregrid_shard::{Directory, ModelVersion, PartitionId};
 
 fn expect<T: Send + 'static>(
@@ -46,23 +49,39 @@ pub trait AdminCalls: NodeClient {
         )
     }
 
-    fn stage_partition(&self, bytes: Vec<u8>) -> RpcFuture<Staged> {
-        expect(
-            self,
-            Request::StagePartition(StagePartition { bytes }),
-            |r| match r {
-                Response::Staged(s) => Ok(s),
-                other => Err(other),
-            },
-        )
+    /// One piece of a partition file: `Ok(None)` while the file is incomplete, the node's
+    /// verdict once the last piece is in.
+    fn stage_chunk(&self, chunk: StageChunk) -> RpcFuture<Option<Staged>> {
+        expect(self, Request::StageChunk(chunk), |r| match r {
+            Response::StageProgress { .. } => Ok(None),
+            Response::Staged(s) => Ok(Some(s)),
+            other => Err(other),
+        })
     }
 
-    fn read_partition(&self, version: ModelVersion, partition: PartitionId) -> RpcFuture<Vec<u8>> {
+    fn staged_inventory(&self, version: ModelVersion) -> RpcFuture<Inventory> {
+        expect(self, Request::StagedInventory(version), |r| match r {
+            Response::Inventory(i) => Ok(i),
+            other => Err(other),
+        })
+    }
+
+    fn read_partition_range(
+        &self,
+        version: ModelVersion,
+        partition: PartitionId,
+        offset: u64,
+    ) -> RpcFuture<PartitionFile> {
         expect(
             self,
-            Request::ReadPartition(ReadPartition { version, partition }),
+            Request::ReadPartition(ReadPartition {
+                version,
+                partition,
+                offset,
+                length: FILE_CHUNK_BYTES_MAX,
+            }),
             |r| match r {
-                Response::PartitionFile(file) => Ok(file.bytes),
+                Response::PartitionFile(file) => Ok(file),
                 other => Err(other),
             },
         )

@@ -30,9 +30,12 @@ pub enum Request {
     FetchDirectory(ModelVersion),
     /// Stage a version's directory (before or after its partitions).
     StageDirectory(Box<Directory>),
-    /// Stage one partition: the bytes of a partition file, verified by the node before it is
-    /// written to its data directory.
-    StagePartition(StagePartition),
+    /// One piece of a partition file being staged; the last piece completes the file, which the
+    /// node verifies before it keeps it. No partition travels in one frame, whatever its size.
+    StageChunk(StageChunk),
+    /// What of a version the node has staged or hosts on disk: how a rerun of a load knows what
+    /// to skip.
+    StagedInventory(ModelVersion),
     /// Serve a staged version from now on (every partition the node must hold is staged).
     Activate(ModelVersion),
     /// A partition file of a hosted version: how a replica that lost one fetches it from a peer.
@@ -55,7 +58,8 @@ impl Request {
             Request::Status => "status",
             Request::FetchDirectory(_) => "fetch_directory",
             Request::StageDirectory(_) => "stage_directory",
-            Request::StagePartition(_) => "stage_partition",
+            Request::StageChunk(_) => "stage_chunk",
+            Request::StagedInventory(_) => "staged_inventory",
             Request::Activate(_) => "activate",
             Request::ReadPartition(_) => "read_partition",
             Request::Raft(_) => "raft",
@@ -73,6 +77,11 @@ pub enum Response {
     Status(NodeStatus),
     Directory(Box<Directory>),
     Staged(Staged),
+    /// A piece of a partition file was written; `received` bytes of it are here so far.
+    StageProgress {
+        received: u64,
+    },
+    Inventory(Inventory),
     /// The request was carried out and has nothing to return.
     Done,
     PartitionFile(PartitionFile),
@@ -83,22 +92,47 @@ pub enum Response {
     Error(NodeError),
 }
 
-/// A partition file's bytes (see `scoregrid_shard::file`).
+/// Bytes of one piece of a partition file, in a [`StageChunk`] or a [`PartitionFile`]: a few
+/// of them in flight per peer keep a link busy, and a frame stays well under the frame bound.
+pub const FILE_CHUNK_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+/// A piece of a partition file (see `scoregrid_shard::file`) being staged. The pieces of one
+/// file come in order; a piece at offset 0 (re)starts the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagePartition {
+pub struct StageChunk {
+    pub version: ModelVersion,
+    pub partition: PartitionId,
+    /// The whole file's length and checksum (its trailer), as the sender encoded it.
+    pub file_bytes: u64,
+    pub checksum: u32,
+    /// Where `bytes` go in the file.
+    pub offset: u64,
     pub bytes: Vec<u8>,
 }
 
+/// A range of a hosted partition's file: how a replica that lacks one fetches it from a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadPartition {
     pub version: ModelVersion,
     pub partition: PartitionId,
+    pub offset: u64,
+    /// At most [`FILE_CHUNK_BYTES_MAX`].
+    pub length: u32,
 }
 
-/// The bytes of a partition file, checksum included (see `scoregrid_shard::file`).
+/// A range of a partition file (see `scoregrid_shard::file`), and the whole file's length.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionFile {
     pub bytes: Vec<u8>,
+    pub file_bytes: u64,
+}
+
+/// What a node has of a version on disk: its directory's digest, and the partitions whose
+/// files are complete, each with its checksum.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub directory: Option<u32>,
+    pub partitions: Vec<(PartitionId, u32)>,
 }
 
 /// A partition staged: written to disk, read back and verified.

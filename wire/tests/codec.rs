@@ -13,7 +13,7 @@ use scoregrid_shard::{
 };
 use scoregrid_wire::codec::{self, CodecError, FramePart};
 use scoregrid_wire::message::{
-    NodeStatus, PartitionFile, ReadPartition, StagePartition, Staged, StagingStatus,
+    Inventory, NodeStatus, PartitionFile, ReadPartition, StageChunk, Staged, StagingStatus,
 };
 use scoregrid_wire::{
     CustomerProfile, FRAME_BYTES_MAX_DEFAULT, FetchCustomer, NodeError, ProductScore, Request,
@@ -195,7 +195,8 @@ fn every_variant_has_a_strategy(request: &Request, response: &Response) {
         | Request::Status
         | Request::FetchDirectory(_)
         | Request::StageDirectory(_)
-        | Request::StagePartition(_)
+        | Request::StageChunk(_)
+        | Request::StagedInventory(_)
         | Request::Activate(_)
         | Request::ReadPartition(_)
         | Request::Raft(_)
@@ -208,6 +209,8 @@ fn every_variant_has_a_strategy(request: &Request, response: &Response) {
         | Response::Status(_)
         | Response::Directory(_)
         | Response::Staged(_)
+        | Response::StageProgress { .. }
+        | Response::Inventory(_)
         | Response::Done
         | Response::PartitionFile(_)
         | Response::Raft(_)
@@ -260,15 +263,36 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Status),
         version().prop_map(Request::FetchDirectory),
         directory().prop_map(|directory| Request::StageDirectory(Box::new(directory))),
-        prop::collection::vec(any::<u8>(), 0..64)
-            .prop_map(|bytes| Request::StagePartition(StagePartition { bytes })),
+        (
+            version(),
+            any::<u32>(),
+            any::<(u64, u32, u64)>(),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(
+                |(version, partition, (file_bytes, checksum, offset), bytes)| {
+                    Request::StageChunk(StageChunk {
+                        version,
+                        partition: PartitionId(partition),
+                        file_bytes,
+                        checksum,
+                        offset,
+                        bytes,
+                    })
+                }
+            ),
+        version().prop_map(Request::StagedInventory),
         version().prop_map(Request::Activate),
-        (version(), any::<u32>()).prop_map(|(version, partition)| {
-            Request::ReadPartition(ReadPartition {
-                version,
-                partition: PartitionId(partition),
-            })
-        }),
+        (version(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
+            |(version, partition, offset, length)| {
+                Request::ReadPartition(ReadPartition {
+                    version,
+                    partition: PartitionId(partition),
+                    offset,
+                    length,
+                })
+            }
+        ),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Request::Raft),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Request::Cluster),
     ];
@@ -337,8 +361,21 @@ fn response() -> impl Strategy<Value = Response> {
             })
         }),
         Just(Response::Done),
-        prop::collection::vec(any::<u8>(), 0..64)
-            .prop_map(|bytes| Response::PartitionFile(PartitionFile { bytes })),
+        (prop::collection::vec(any::<u8>(), 0..64), any::<u64>()).prop_map(
+            |(bytes, file_bytes)| Response::PartitionFile(PartitionFile { bytes, file_bytes })
+        ),
+        any::<u64>().prop_map(|received| Response::StageProgress { received }),
+        (
+            prop::option::of(any::<u32>()),
+            prop::collection::vec((any::<u32>(), any::<u32>()), 0..8)
+        )
+            .prop_map(|(directory, partitions)| Response::Inventory(Inventory {
+                directory,
+                partitions: partitions
+                    .into_iter()
+                    .map(|(p, c)| (PartitionId(p), c))
+                    .collect(),
+            })),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Response::Raft),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Response::Cluster),
     ];

@@ -1,0 +1,117 @@
+//! One partition copy to one replica: the file in pieces, each acknowledged before the next is
+//! sent (the node's backpressure), restarted from the start on a failure a retry can cure.
+
+use super::progress::Progress;
+use scoregrid_shard::{ModelVersion, PartitionId};
+use scoregrid_wire::admin::AdminCalls;
+use scoregrid_wire::message::StageChunk;
+use scoregrid_wire::{NodeClient, NodeError, RpcError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tries of one copy before it counts as failed for this round.
+const COPY_ATTEMPTS: u32 = 3;
+
+/// A partition file as the loader encoded it.
+pub(crate) struct EncodedFile {
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) checksum: u32,
+}
+
+/// Whether another try of the same copy, at once, can succeed: a stream failed, or the node
+/// lost the upload (it restarted, or evicted it) and asks for the file from the start. A node
+/// that does not answer in time is not asked again this round ([`gone`]).
+fn retriable(error: &RpcError) -> bool {
+    match error {
+        RpcError::Remote {
+            error: NodeError::Refused(message),
+            ..
+        } => message.contains("restart the file") || message.contains("retry later"),
+        RpcError::Transport { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether the node looks gone (no answer, no connection): the rest of its copies wait for the
+/// next round, by which time the map says whether it is down.
+pub(crate) fn gone(error: &RpcError) -> bool {
+    matches!(error, RpcError::Timeout(_) | RpcError::Unreachable(..))
+}
+
+/// Stages `file` as partition `partition` of `version` on the node behind `client`.
+///
+/// # Errors
+/// The node's refusal (a file it found invalid), or the last error after [`COPY_ATTEMPTS`]
+/// tries of a retriable one.
+pub(crate) async fn send_copy(
+    client: &dyn NodeClient,
+    version: &ModelVersion,
+    partition: PartitionId,
+    file: &EncodedFile,
+    chunk_bytes: usize,
+    progress: &Progress,
+) -> Result<(), RpcError> {
+    let mut attempt = 1;
+    loop {
+        match send_once(client, version, partition, file, chunk_bytes, progress).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < COPY_ATTEMPTS && retriable(&error) => {
+                tracing::debug!(node = %client.node(), %partition, %error, attempt, "partition copy failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn send_once(
+    client: &dyn NodeClient,
+    version: &ModelVersion,
+    partition: PartitionId,
+    file: &EncodedFile,
+    chunk_bytes: usize,
+    progress: &Progress,
+) -> Result<(), RpcError> {
+    let total = file.bytes.len();
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + chunk_bytes).min(total);
+        let reply = client
+            .stage_chunk(StageChunk {
+                version: version.clone(),
+                partition,
+                file_bytes: total as u64,
+                checksum: file.checksum,
+                offset: offset as u64,
+                bytes: file.bytes[offset..end].to_vec(),
+            })
+            .await?;
+        progress.bytes((end - offset) as u64);
+        match reply {
+            Some(staged) if staged.partition == partition && staged.checksum == file.checksum => {
+                // A node that had it already answers the first piece: count the rest as done.
+                progress.bytes((total - end) as u64);
+                return Ok(());
+            }
+            Some(staged) => {
+                return Err(RpcError::Remote {
+                    node: client.node(),
+                    error: NodeError::Refused(format!(
+                        "staged partition {} with checksum {:08x}, expected {partition} with {:08x}",
+                        staged.partition, staged.checksum, file.checksum
+                    )),
+                });
+            }
+            None if end < total => offset = end,
+            None => {
+                return Err(RpcError::Remote {
+                    node: client.node(),
+                    error: NodeError::Refused(format!(
+                        "partition {partition}: all {total} bytes sent and the node did not confirm them; restart the file"
+                    )),
+                });
+            }
+        }
+    }
+}
