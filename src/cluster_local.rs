@@ -124,7 +124,9 @@ async fn run_in(base: Config, args: &LocalArgs, dir: &Path, shutdown: &Shutdown)
         let version = built.directory.version.clone();
         let example = crate::demo::example_request(&built);
         let options = push::options(&config, true, scoregrid_loader::push::ProgressMode::Lines);
-        let report = push::push(built, &client, &endpoint, options).await?;
+        let model = scoregrid_loader::push::PushModel::in_memory(built)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let report = push::push(model, &client, &endpoint, options).await?;
         tracing::info!(%version, copies = report.copies, bytes = report.bytes,
             seconds = started.elapsed().as_secs_f64(), "model staged and activated");
 

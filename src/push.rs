@@ -5,7 +5,7 @@
 use crate::operate::{CodedError, client};
 use anyhow::{Context, Result};
 use scoregrid_config::Config;
-use scoregrid_loader::push::{ProgressMode, PushError, PushOptions, PushReport};
+use scoregrid_loader::push::{ProgressMode, PushError, PushModel, PushOptions, PushReport};
 use scoregrid_raft::client::ClusterClient;
 use scoregrid_shard::BuiltModel;
 use scoregrid_wire::ClientEndpoint;
@@ -30,14 +30,15 @@ fn coded(error: PushError) -> anyhow::Error {
     })
 }
 
-/// Registers, stages and (with `options.activate`) flips `built` in the cluster `client` reaches.
+/// Registers, stages and (with `options.activate`) flips `model` in the cluster `client`
+/// reaches.
 pub async fn push(
-    built: BuiltModel,
+    model: PushModel,
     client: &ClusterClient,
     endpoint: &ClientEndpoint,
     options: PushOptions,
 ) -> Result<PushReport> {
-    scoregrid_loader::push::push(built, client, endpoint, options)
+    scoregrid_loader::push::push(model, client, endpoint, options)
         .await
         .map_err(coded)
 }
@@ -51,15 +52,57 @@ pub async fn load(
     activate: bool,
 ) -> Result<()> {
     let (endpoint, client) = client(&config, cluster)?;
-    let built = build(&config, model).await?;
+    let spooled = build_spooled(&config, model).await?;
+    let model = PushModel::spooled(spooled).map_err(coded)?;
     let report = push(
-        built,
+        model,
         &client,
         &endpoint,
         options(&config, activate, ProgressMode::Auto),
     )
     .await?;
-    crate::commands::print_line(&summary(&report, activate))
+    let mut text = summary(&report, activate);
+    if let Some(peak) = peak_resident_bytes() {
+        text.push_str(&format!(
+            "\n  loader peak RSS {:.0} MiB",
+            peak as f64 / 1048576.0
+        ));
+    }
+    crate::commands::print_line(&text)
+}
+
+/// This process's peak resident memory (`VmHWM`), where the system tells it.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Reads and builds the model in `dir` into the spool folder of `config` (off the async
+/// workers): RAM for one partition at a time, not the whole version.
+pub async fn build_spooled(
+    config: &Config,
+    dir: PathBuf,
+) -> Result<scoregrid_loader::spool::SpooledModel> {
+    let (partitions, segment) = (
+        config.placement.partitions,
+        config.model.segment_products_max,
+    );
+    let spool = if config.load.spool_dir.as_os_str().is_empty() {
+        std::env::temp_dir()
+    } else {
+        config.load.spool_dir.clone()
+    };
+    let (_, spooled) = tokio::task::spawn_blocking(move || {
+        let partitions = scoregrid_shard::PartitionCount::new(partitions)
+            .context("placement.partitions out of range")?;
+        scoregrid_loader::spool::build_spooled(&dir, partitions, segment, &spool)
+            .with_context(|| format!("cannot load the model in {}", dir.display()))
+    })
+    .await
+    .context("model build task failed")??;
+    Ok(spooled)
 }
 
 /// The lines `scoregrid load` ends with: what was staged, how fast, per node.

@@ -15,6 +15,7 @@
 //!    not sent again) and completes.
 //! 6. A node stopped (SIGSTOP) mid-load: it is marked down, the load completes on the replicas
 //!    that are up, and the node, resumed, fetches the new version before it serves it.
+//! 7. A version bigger than the loader's memory loads, the loader's peak RSS below its size.
 
 mod common;
 
@@ -552,5 +553,70 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
         Some("v5"),
         "{versions:?}"
     );
+
+    // 7. A version bigger than the loader's memory: the loader builds it partition by partition
+    // into its spool folder and streams the files, so its peak RSS stays below the model's size.
+    let (v6_dir, v6) = common::generated_model(
+        &root.join("v6"),
+        &[
+            "--customers",
+            "300000",
+            "--products",
+            "600",
+            "--containers",
+            "6",
+            "--dim",
+            "64",
+            "--format",
+            "parquet",
+            "--seed",
+            "36",
+            "--version",
+            "v6",
+        ],
+    );
+    let (code, out, err) = scoregrid_async(
+        &client,
+        &["load", "--model", v6_dir.to_str().expect("utf-8")],
+    )
+    .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let staged_mib: f64 = out
+        .split(" MiB) staged")
+        .next()
+        .and_then(|before| before.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no staged MiB in {out}"));
+    let peak_mib: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("loader peak RSS "))
+        .and_then(|rest| rest.strip_suffix(" MiB"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no loader peak RSS in {out}"));
+    // RF 2: every partition was staged twice.
+    let model_mib = staged_mib / 2.0;
+    eprintln!("a {model_mib:.0} MiB version loaded by a loader of {peak_mib:.0} MiB peak RSS");
+    assert!(
+        peak_mib < model_mib,
+        "the loader's peak RSS ({peak_mib} MiB) stays below the model's size ({model_mib} MiB): {out}"
+    );
+    let customer = *v6.customers.keys().next().expect("a customer");
+    let (&grid6, _) = v6
+        .pools
+        .iter()
+        .max_by_key(|(id, pool)| (pool.len(), **id))
+        .expect("a pool");
+    let (status, body) = get_json(
+        router,
+        &format!("/v1/recommend?customer={customer}&container={grid6}&limit={PAGE}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "v6", "{body}");
+    let want: Vec<(u64, f32)> = ranked(&v6, customer, grid6)
+        .into_iter()
+        .take(PAGE)
+        .collect();
+    assert_eq!(items(&body), want);
     drop(cluster);
 }

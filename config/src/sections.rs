@@ -169,6 +169,10 @@ pub struct LoadConfig {
     /// Staging rounds (each re-reads the map and sends what is still missing) before the load
     /// gives up, leaving the version staging for a rerun.
     pub rounds: u32,
+    /// Where the loader builds the version (customers spilled, then one encoded file per
+    /// partition) before it streams it; deleted when the load ends. Empty: the system's
+    /// temporary folder (`TMPDIR`, else `/tmp`). Needs room for the encoded version.
+    pub spool_dir: PathBuf,
 }
 
 impl Default for LoadConfig {
@@ -177,6 +181,7 @@ impl Default for LoadConfig {
             parallelism: 2,
             chunk_bytes: 1 << 20,
             rounds: 5,
+            spool_dir: PathBuf::new(),
         }
     }
 }

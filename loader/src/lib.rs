@@ -16,6 +16,8 @@
 //! - `jsonl`: JSONL tables, one reused line buffer, fields read exactly.
 //! - `columnar`: Parquet tables, bounded batches, columns read in place.
 //! - [`load`]: [`load_model`] and [`build_model`], the entry points.
+//! - [`spool`]: a version built partition by partition into a spool folder (customers spilled
+//!   to disk), so that a load needs RAM for one partition, not the whole version.
 //! - [`push`](mod@push): a built version into a cluster: registered, streamed in pieces to every
 //!   replica, reported staged, flipped by one committed map change; progress and a summary.
 //! - [`rows`]: a model's rows in columns, the unit that writers and the generator pass around.
@@ -35,6 +37,7 @@ pub mod push;
 mod rng;
 pub mod rows;
 pub mod source;
+pub mod spool;
 pub mod synth;
 pub mod write;
 

@@ -165,11 +165,12 @@ impl SourceFiles {
         }
     }
 
-    /// Maps an error of [`scoregrid_shard::ModelBuilder::finish`]: a duplicate pool entry is
-    /// reported at its second occurrence, with the first one.
+    /// Maps an error of [`scoregrid_shard::ModelBuilder::finish`]: a duplicate pool entry (or
+    /// a customer repeated in a spill) is reported at its second occurrence, with the first one.
     pub fn locate_error(&self, error: scoregrid_shard::BuildError) -> LoadError {
         match error {
-            scoregrid_shard::BuildError::DuplicatePoolEntry { second, .. } => {
+            scoregrid_shard::BuildError::DuplicatePoolEntry { second, .. }
+            | scoregrid_shard::BuildError::RepeatedCustomer { second, .. } => {
                 self.rejected(second, error)
             }
             error => LoadError::Model { error },
@@ -313,6 +314,7 @@ fn first_origin(error: &scoregrid_shard::BuildError) -> Option<RowRef> {
     use scoregrid_shard::BuildError;
     match error {
         BuildError::DuplicateCustomer { first, .. }
+        | BuildError::RepeatedCustomer { first, .. }
         | BuildError::DuplicateProduct { first, .. }
         | BuildError::DuplicatePoolEntry { first, .. } => Some(*first),
         _ => None,

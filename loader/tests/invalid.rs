@@ -80,6 +80,25 @@ fn duplicate_customer_names_both_lines() {
         build_error(dir.path()),
         "customers.jsonl line 3: field `customer_id`: duplicate id 7 (first seen at customers.jsonl line 1)"
     );
+    // The spooled build (customers spilled to disk) finds it later, and says the same.
+    let spool = tempfile::tempdir().unwrap();
+    let error = scoregrid_loader::spool::build_spooled(
+        dir.path(),
+        PartitionCount::new(4).unwrap(),
+        64,
+        spool.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        error,
+        "customers.jsonl line 3: field `customer_id`: duplicate id 7 (first seen at customers.jsonl line 1)"
+    );
+    assert_eq!(
+        std::fs::read_dir(spool.path()).unwrap().count(),
+        0,
+        "a refused build leaves nothing in the spool"
+    );
 }
 
 #[test]

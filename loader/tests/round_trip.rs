@@ -488,3 +488,33 @@ proptest! {
         }
     }
 }
+
+/// A version built into the spool (customers spilled to disk, one partition in RAM at a time)
+/// is byte for byte the version built in RAM, and its folder goes when it is dropped.
+#[test]
+fn a_spooled_build_writes_the_files_of_the_in_memory_build() {
+    let dir = tempfile::tempdir().unwrap();
+    synth::write_model(&small_spec(5), dir.path(), Format::Parquet).unwrap();
+    let built = build(dir.path());
+    let spool = tempfile::tempdir().unwrap();
+    let (_, spooled) =
+        scoregrid_loader::spool::build_spooled(dir.path(), partitions(), 64, spool.path()).unwrap();
+    assert_eq!(spooled.directory, built.directory);
+    assert_eq!(spooled.files.len(), built.partitions.len());
+    for (file, partition) in spooled.files.iter().zip(&built.partitions) {
+        let encoded = scoregrid_shard::file::encode(partition);
+        assert_eq!(std::fs::read(&file.path).unwrap(), encoded.bytes);
+        assert_eq!(
+            (file.checksum, file.bytes),
+            (encoded.checksum, encoded.bytes.len() as u64)
+        );
+    }
+    let customers: u64 = built
+        .partitions
+        .iter()
+        .map(|p| p.customers().len() as u64)
+        .sum();
+    assert_eq!(spooled.customers, customers);
+    drop(spooled);
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}

@@ -17,6 +17,7 @@ use crate::ids::{
 };
 use crate::partition::Partition;
 use crate::segment::Segment;
+use crate::spill::{CustomerSpill, SpilledCustomers};
 use crate::table::{CustomerTable, ProductTable};
 use std::collections::HashMap;
 
@@ -157,10 +158,26 @@ impl BuiltModel {
 
 pub struct ModelBuilder {
     layout: ModelLayout,
-    customers: Vec<CustomerStaging>,
-    customer_origins: HashMap<CustomerId, RowRef>,
+    customers: Customers,
     products: ProductStaging,
     pool: Vec<PoolEntry>,
+}
+
+/// Where customers wait for [`ModelBuilder::finish`]: in RAM, per partition, or spilled to disk
+/// ([`crate::spill`]).
+enum Customers {
+    Ram {
+        staging: Vec<CustomerStaging>,
+        origins: HashMap<CustomerId, RowRef>,
+    },
+    Spill(CustomerSpill),
+}
+
+/// Why [`ModelBuilder::finish_each`] stopped: the model, or the caller's handling of a partition.
+#[derive(Debug)]
+pub enum FinishError<E> {
+    Build(BuildError),
+    Each(E),
 }
 
 impl ModelBuilder {
@@ -171,16 +188,37 @@ impl ModelBuilder {
     pub fn new(layout: ModelLayout) -> Self {
         assert!((1..=crate::DIM_MAX).contains(&layout.dim));
         assert!((1..=crate::SEGMENT_PRODUCTS_HARD_MAX).contains(&layout.segment_products_max));
-        let customers = (0..layout.partitions.get())
+        let staging = (0..layout.partitions.get())
             .map(|_| CustomerStaging::default())
             .collect();
         Self {
             layout,
-            customers,
-            customer_origins: HashMap::new(),
+            customers: Customers::Ram {
+                staging,
+                origins: HashMap::new(),
+            },
             products: ProductStaging::default(),
             pool: Vec::new(),
         }
+    }
+
+    /// A builder that spills customers to files in `dir` instead of holding them in RAM (see
+    /// [`crate::spill`]); build with [`ModelBuilder::finish_each`] to hold one partition at a
+    /// time. The files are deleted as they are read back, and the folder when the builder is
+    /// done.
+    ///
+    /// # Errors
+    /// `BuildError::Spill` if `dir` cannot be created.
+    ///
+    /// # Panics
+    /// As [`ModelBuilder::new`].
+    pub fn spilling(layout: ModelLayout, dir: &std::path::Path) -> Result<Self, BuildError> {
+        let spill = CustomerSpill::create(dir, layout.partitions, layout.dim)
+            .map_err(|message| BuildError::Spill { message })?;
+        Ok(Self {
+            customers: Customers::Spill(spill),
+            ..Self::new(layout)
+        })
     }
 
     pub fn layout(&self) -> &ModelLayout {
@@ -190,26 +228,48 @@ impl ModelBuilder {
     /// Sorts, segments and lays out everything staged.
     ///
     /// # Errors
-    /// `DuplicatePoolEntry` when a container lists a product twice.
+    /// `DuplicatePoolEntry` when a container lists a product twice; for a spilling builder,
+    /// `RepeatedCustomer` and `Spill`.
     pub fn finish(self) -> Result<BuiltModel, BuildError> {
+        let mut partitions = Vec::new();
+        let directory = self
+            .finish_each(|partition| {
+                partitions.push(partition);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .map_err(|error| match error {
+                FinishError::Build(error) => error,
+                FinishError::Each(never) => match never {},
+            })?;
+        Ok(BuiltModel {
+            partitions,
+            directory,
+        })
+    }
+
+    /// Builds the partitions one at a time, in id order, and hands each to `each`, which may
+    /// write it away and drop it: with a spilling builder, one partition's customers are in RAM
+    /// at a time. Returns the directory.
+    ///
+    /// # Errors
+    /// As [`ModelBuilder::finish`], or the first error of `each`.
+    pub fn finish_each<E>(
+        self,
+        mut each: impl FnMut(Partition) -> Result<(), E>,
+    ) -> Result<Directory, FinishError<E>> {
         let ModelBuilder {
             layout,
             customers,
-            customer_origins,
             products,
             mut pool,
         } = self;
-        drop(customer_origins);
         let dim = layout.dim;
+        let build = FinishError::Build;
         let mut partitions: Vec<Partition> = layout
             .partitions
             .iter()
             .map(|id| Partition::empty(id, layout.partitions, layout.version.clone(), dim))
             .collect();
-
-        for (partition, staging) in partitions.iter_mut().zip(customers) {
-            partition.customers = customer_table(staging, dim);
-        }
         for (index, table) in product_tables(&products, layout.partitions, dim) {
             partitions[index].products = table;
         }
@@ -225,12 +285,12 @@ impl ModelBuilder {
             } else {
                 (w[1], w[0])
             };
-            return Err(BuildError::DuplicatePoolEntry {
+            return Err(build(BuildError::DuplicatePoolEntry {
                 container: first.container,
                 product: products.ids[first.product as usize],
                 first: first.origin,
                 second: second.origin,
-            });
+            }));
         }
         // Pool order: container, then pool score descending, ties by lower product id.
         pool.sort_unstable_by(|a, b| {
@@ -261,26 +321,71 @@ impl ModelBuilder {
         drop(pool);
         drop(products);
 
-        for partition in &partitions {
-            if let Err(violation) = partition.check() {
-                // The builder's own output: a bug, not bad input.
-                panic!(
-                    "built partition {} is malformed: {violation}",
-                    partition.id()
-                );
+        let mut customers = customers;
+        let mut staged = match &mut customers {
+            Customers::Ram { staging, origins } => {
+                std::mem::take(origins);
+                std::mem::take(staging).into_iter().map(Some).collect()
             }
+            Customers::Spill(_) => Vec::new(),
+        };
+        let result = (|| {
+            for (index, mut partition) in partitions.into_iter().enumerate() {
+                let staging = match &mut customers {
+                    Customers::Ram { .. } => staged[index].take().unwrap_or_default(),
+                    Customers::Spill(spill) => {
+                        let spilled = spill
+                            .take(partition.id)
+                            .map_err(|message| build(BuildError::Spill { message }))?;
+                        from_spill(spilled).map_err(build)?
+                    }
+                };
+                partition.customers = customer_table(staging, dim);
+                if let Err(violation) = partition.check() {
+                    // The builder's own output: a bug, not bad input.
+                    panic!(
+                        "built partition {} is malformed: {violation}",
+                        partition.id()
+                    );
+                }
+                each(partition).map_err(FinishError::Each)?;
+            }
+            Ok(())
+        })();
+        if let Customers::Spill(spill) = &customers {
+            spill.remove();
         }
-        let directory = Directory {
+        result?;
+        Ok(Directory {
             version: layout.version.clone(),
             dim: dim as u32,
             partitions: layout.partitions,
             containers,
-        };
-        Ok(BuiltModel {
-            partitions,
-            directory,
         })
     }
+}
+
+/// One partition's spilled customers as staging, refusing a repeated id (named with both rows).
+fn from_spill(spilled: SpilledCustomers) -> Result<CustomerStaging, BuildError> {
+    let mut order: Vec<u32> = (0..spilled.ids.len() as u32).collect();
+    order.sort_unstable_by_key(|&r| (spilled.ids[r as usize], spilled.origins[r as usize].0));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| spilled.ids[w[0] as usize] == spilled.ids[w[1] as usize])
+    {
+        return Err(BuildError::RepeatedCustomer {
+            id: spilled.ids[w[0] as usize],
+            first: spilled.origins[w[0] as usize],
+            second: spilled.origins[w[1] as usize],
+        });
+    }
+    Ok(CustomerStaging {
+        ids: spilled.ids,
+        vectors: spilled.vectors,
+        category_ends: spilled.category_ends,
+        category_ids: spilled.category_ids,
+        category_weights: spilled.category_weights,
+    })
 }
 
 impl ModelSink for ModelBuilder {
@@ -293,18 +398,25 @@ impl ModelSink for ModelBuilder {
     ) -> Result<(), BuildError> {
         rules::check_vector("vector", vector, self.layout.dim)?;
         let categories = rules::check_categories(categories)?;
-        if let Some(&first) = self.customer_origins.get(&id) {
+        let partition = partition_of_customer(id, self.layout.partitions);
+        let (staging, origins) = match &mut self.customers {
+            Customers::Spill(spill) => {
+                return spill
+                    .add(partition, id, origin, vector, &categories)
+                    .map_err(|message| BuildError::Spill { message });
+            }
+            Customers::Ram { staging, origins } => (&mut staging[partition.index()], origins),
+        };
+        if let Some(&first) = origins.get(&id) {
             return Err(BuildError::DuplicateCustomer { id, first });
         }
-        let staging =
-            &mut self.customers[partition_of_customer(id, self.layout.partitions).index()];
         if staging.category_ids.len() + categories.len() > u32::MAX as usize {
             return Err(BuildError::TooMany {
                 what: "category entries in one partition",
                 max: u64::from(u32::MAX),
             });
         }
-        self.customer_origins.insert(id, origin);
+        origins.insert(id, origin);
         staging.ids.push(id);
         staging.vectors.extend_from_slice(vector);
         for (c, w) in categories {
@@ -505,6 +617,67 @@ mod tests {
             partitions: PartitionCount::new(4).unwrap(),
             segment_products_max: 3,
         })
+    }
+
+    fn feed(b: &mut ModelBuilder) {
+        for i in 0..200u64 {
+            let id = if i % 3 == 0 { u64::MAX - i } else { i * 7 };
+            let cats: Vec<(u32, f32)> = (0..i % 4).map(|c| (c as u32 * 3, 0.25)).collect();
+            b.add_customer(id, &[i as f32, -0.5], &cats, RowRef(i))
+                .unwrap();
+        }
+        for p in 0..30u64 {
+            b.add_product(
+                p,
+                (p % 4) as u32,
+                &[1.0, p as f32],
+                p % 5 != 0,
+                RowRef(1000 + p),
+            )
+            .unwrap();
+            b.add_pool_entry(p % 3, p, 0.1 * p as f32, RowRef(2000 + p))
+                .unwrap();
+        }
+    }
+
+    /// Spilling customers to disk changes where they wait, not what is built.
+    #[test]
+    fn a_spilling_builder_builds_the_same_model() {
+        let mut ram = builder();
+        feed(&mut ram);
+        let ram = ram.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spill_dir = dir.path().join("spill");
+        let mut spilling = ModelBuilder::spilling(builder().layout().clone(), &spill_dir).unwrap();
+        feed(&mut spilling);
+        let mut partitions = Vec::new();
+        let directory = spilling
+            .finish_each(|p| {
+                partitions.push(p);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(directory, ram.directory);
+        assert_eq!(partitions, ram.partitions);
+        assert!(!spill_dir.exists(), "the spill is deleted");
+    }
+
+    #[test]
+    fn a_spilling_builder_names_both_rows_of_a_repeated_customer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = ModelBuilder::spilling(builder().layout().clone(), dir.path()).unwrap();
+        b.add_customer(9, &[1.0, 2.0], &[], RowRef(4)).unwrap();
+        b.add_customer(10, &[1.0, 2.0], &[], RowRef(5)).unwrap();
+        b.add_customer(9, &[3.0, 2.0], &[], RowRef(7)).unwrap();
+        let error = b.finish().unwrap_err();
+        assert_eq!(
+            error,
+            BuildError::RepeatedCustomer {
+                id: 9,
+                first: RowRef(4),
+                second: RowRef(7)
+            }
+        );
     }
 
     #[test]

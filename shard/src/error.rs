@@ -18,6 +18,16 @@ pub enum BuildError {
     NotFinite { field: &'static str, value: f32 },
     #[error("field `customer_id`: duplicate id {id}")]
     DuplicateCustomer { id: CustomerId, first: RowRef },
+    /// A duplicate found when spilled customers are read back: both rows are known then.
+    #[error("field `customer_id`: duplicate id {id}")]
+    RepeatedCustomer {
+        id: CustomerId,
+        first: RowRef,
+        second: RowRef,
+    },
+    /// The customers spilled to disk could not be written or read back.
+    #[error("customer spill: {message}")]
+    Spill { message: String },
     #[error("field `product_id`: duplicate id {id}")]
     DuplicateProduct { id: ProductId, first: RowRef },
     #[error("field `categories`: category {category} listed twice")]

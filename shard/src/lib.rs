@@ -33,9 +33,10 @@ pub mod partition;
 pub mod rank;
 pub mod reference;
 pub mod segment;
+pub mod spill;
 pub mod table;
 
-pub use builder::{BuiltModel, ModelBuilder, ModelLayout, ModelSink, RowRef};
+pub use builder::{BuiltModel, FinishError, ModelBuilder, ModelLayout, ModelSink, RowRef};
 pub use directory::{ContainerEntry, Directory, SegmentPlan, SegmentSummary};
 pub use error::{BuildError, FileError, InvariantViolation};
 pub use ids::{

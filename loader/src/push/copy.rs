@@ -6,16 +6,55 @@ use scoregrid_shard::{ModelVersion, PartitionId};
 use scoregrid_wire::admin::AdminCalls;
 use scoregrid_wire::message::StageChunk;
 use scoregrid_wire::{NodeClient, NodeError, RpcError};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Tries of one copy before it counts as failed for this round.
 const COPY_ATTEMPTS: u32 = 3;
 
-/// A partition file as the loader encoded it.
+/// A partition file as the loader encoded it: in RAM, or in the spool folder on disk.
 pub(crate) struct EncodedFile {
-    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) body: Body,
+    pub(crate) bytes: u64,
     pub(crate) checksum: u32,
+}
+
+pub(crate) enum Body {
+    Memory(Arc<[u8]>),
+    Disk(PathBuf),
+}
+
+/// Reads the pieces of one file: from RAM, or from its spool file (which the build just wrote,
+/// so the page cache serves it).
+enum Pieces<'a> {
+    Memory(&'a [u8]),
+    Disk(std::fs::File, &'a PathBuf),
+}
+
+impl Pieces<'_> {
+    fn open(file: &EncodedFile) -> Result<Pieces<'_>, String> {
+        Ok(match &file.body {
+            Body::Memory(bytes) => Pieces::Memory(bytes),
+            Body::Disk(path) => Pieces::Disk(
+                std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
+                path,
+            ),
+        })
+    }
+
+    fn read(&self, offset: usize, end: usize) -> Result<Vec<u8>, String> {
+        match self {
+            Pieces::Memory(bytes) => Ok(bytes[offset..end].to_vec()),
+            Pieces::Disk(file, path) => {
+                use std::os::unix::fs::FileExt;
+                let mut piece = vec![0u8; end - offset];
+                file.read_exact_at(&mut piece, offset as u64)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(piece)
+            }
+        }
+    }
 }
 
 /// Whether another try of the same copy, at once, can succeed: a stream failed, or the node
@@ -73,10 +112,16 @@ async fn send_once(
     chunk_bytes: usize,
     progress: &Progress,
 ) -> Result<(), RpcError> {
-    let total = file.bytes.len();
+    let total = file.bytes as usize;
+    let local = |message: String| RpcError::Remote {
+        node: client.node(),
+        error: NodeError::Refused(format!("the loader cannot read its own copy: {message}")),
+    };
+    let pieces = Pieces::open(file).map_err(local)?;
     let mut offset = 0usize;
     loop {
         let end = (offset + chunk_bytes).min(total);
+        let bytes = pieces.read(offset, end).map_err(local)?;
         let reply = client
             .stage_chunk(StageChunk {
                 version: version.clone(),
@@ -84,7 +129,7 @@ async fn send_once(
                 file_bytes: total as u64,
                 checksum: file.checksum,
                 offset: offset as u64,
-                bytes: file.bytes[offset..end].to_vec(),
+                bytes,
             })
             .await?;
         progress.bytes((end - offset) as u64);

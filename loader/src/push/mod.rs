@@ -21,7 +21,8 @@ mod progress;
 
 pub use progress::ProgressMode;
 
-use copy::{EncodedFile, gone, send_copy};
+use crate::spool::SpooledModel;
+use copy::{Body, EncodedFile, gone, send_copy};
 use futures_util::StreamExt;
 use progress::Progress;
 use scoregrid_raft::client::{ClientError, ClusterClient};
@@ -148,13 +149,95 @@ struct Push<'a> {
     report: Mutex<PushReport>,
 }
 
-/// Registers `built` in the cluster `client` reaches, stages it on every replica, and (with
+/// A version ready to push: its directory and its encoded partition files, in RAM or in a
+/// spool folder ([`crate::spool`]).
+pub struct PushModel {
+    directory: Directory,
+    files: Vec<EncodedFile>,
+    customers: u64,
+    products: u64,
+    /// Keeps the spool folder until the push is done.
+    _spool: Option<SpooledModel>,
+}
+
+impl PushModel {
+    /// A version built in RAM: each partition is encoded and dropped, the files taking its
+    /// place.
+    ///
+    /// # Errors
+    /// [`PushError::Options`] if the model does not hold exactly one of each partition.
+    pub fn in_memory(built: BuiltModel) -> Result<Self, PushError> {
+        let BuiltModel {
+            partitions,
+            directory,
+        } = built;
+        let (mut customers, mut products) = (0, 0);
+        let mut files: Vec<(PartitionId, EncodedFile)> = partitions
+            .into_iter()
+            .map(|p| {
+                customers += p.customers().len() as u64;
+                products += p.products().len() as u64;
+                let encoded = encode(&p);
+                let file = EncodedFile {
+                    bytes: encoded.bytes.len() as u64,
+                    checksum: encoded.checksum,
+                    body: Body::Memory(Arc::from(encoded.bytes)),
+                };
+                (p.id(), file)
+            })
+            .collect();
+        files.sort_by_key(|(id, _)| *id);
+        let in_order = files.len() == directory.partitions.get() as usize
+            && files.iter().enumerate().all(|(i, (id, _))| id.index() == i);
+        if !in_order {
+            return Err(PushError::Options(
+                "the built model does not hold exactly one of each partition".into(),
+            ));
+        }
+        Ok(Self {
+            directory,
+            files: files.into_iter().map(|(_, f)| f).collect(),
+            customers,
+            products,
+            _spool: None,
+        })
+    }
+
+    /// A version built into a spool folder: pieces are read from its files as they are sent.
+    ///
+    /// # Errors
+    /// [`PushError::Options`] if the spool does not hold exactly one file per partition.
+    pub fn spooled(spooled: SpooledModel) -> Result<Self, PushError> {
+        if spooled.files.len() != spooled.directory.partitions.get() as usize {
+            return Err(PushError::Options(
+                "the spool does not hold exactly one file per partition".into(),
+            ));
+        }
+        Ok(Self {
+            directory: spooled.directory.clone(),
+            files: spooled
+                .files
+                .iter()
+                .map(|f| EncodedFile {
+                    body: Body::Disk(f.path.clone()),
+                    bytes: f.bytes,
+                    checksum: f.checksum,
+                })
+                .collect(),
+            customers: spooled.customers,
+            products: spooled.products,
+            _spool: Some(spooled),
+        })
+    }
+}
+
+/// Registers `model` in the cluster `client` reaches, stages it on every replica, and (with
 /// `options.activate`) flips the cluster to it. See the module docs.
 ///
 /// # Errors
 /// [`PushError`]; the active version is untouched by every one of them.
 pub async fn push(
-    built: BuiltModel,
+    model: PushModel,
     client: &ClusterClient,
     endpoint: &ClientEndpoint,
     options: PushOptions,
@@ -172,55 +255,26 @@ pub async fn push(
     }
     let started = Instant::now();
     let map = current_map(client).await?;
-    let BuiltModel {
-        partitions,
+    let PushModel {
         directory,
-    } = built;
+        files,
+        customers,
+        products,
+        _spool,
+    } = model;
     if map.placement.partitions() != directory.partitions {
         return Err(PushError::Partitions {
             model: directory.partitions.get(),
             cluster: map.placement.partitions().get(),
         });
     }
-    let mut report = PushReport {
+    let report = PushReport {
         version: Some(directory.version.clone()),
         partitions: directory.partitions.get(),
+        customers,
+        products,
         ..PushReport::default()
     };
-    // Each partition is encoded once and dropped: the files take its place in memory.
-    let mut files: Vec<(PartitionId, EncodedFile)> = partitions
-        .into_iter()
-        .map(|p| {
-            report.customers += p.customers().len() as u64;
-            report.products += p.products().len() as u64;
-            let encoded = encode(&p);
-            let file = EncodedFile {
-                checksum: encoded.checksum,
-                bytes: Arc::from(encoded.bytes),
-            };
-            (p.id(), file)
-        })
-        .collect();
-    files.sort_by_key(|(id, _)| *id);
-    if let Some(gap) = (0..directory.partitions.get())
-        .map(PartitionId)
-        .zip(
-            files
-                .iter()
-                .map(|(id, _)| *id)
-                .chain(std::iter::repeat(PartitionId(u32::MAX))),
-        )
-        .find(|(want, have)| want != have)
-        .map(|(want, _)| want)
-        .or_else(|| {
-            (files.len() != directory.partitions.get() as usize).then_some(PartitionId(u32::MAX))
-        })
-    {
-        return Err(PushError::Options(format!(
-            "the built model does not hold exactly one of each partition (at {gap})"
-        )));
-    }
-    let files: Vec<EncodedFile> = files.into_iter().map(|(_, f)| f).collect();
     let push = Push {
         client,
         endpoint,
@@ -239,6 +293,7 @@ pub async fn push(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     report.seconds = started.elapsed().as_secs_f64();
     report.activated = result?;
+    drop(_spool);
     Ok(report)
 }
 
@@ -384,7 +439,7 @@ impl Push<'_> {
                 .sum();
         }
         let (copies, bytes) = plan.values().flatten().fold((0u64, 0u64), |(c, b), p| {
-            (c + 1, b + self.files[p.index()].bytes.len() as u64)
+            (c + 1, b + self.files[p.index()].bytes)
         });
         self.progress.plan(copies, bytes);
         tracing::info!(version = %self.version, round, copies, mib = bytes / (1 << 20), nodes = plan.len(), "staging round");
@@ -442,7 +497,7 @@ impl Push<'_> {
                             error.to_string()
                         })
                     };
-                    (p, file.bytes.len() as u64, sent)
+                    (p, file.bytes, sent)
                 }
             })
             .buffer_unordered(self.options.parallelism);
