@@ -78,8 +78,12 @@ enum Command {
     /// replica, verify every copy, then activate it cluster-wide in one committed change.
     Load {
         /// The model directory (contract section 1).
+        #[arg(long, required_unless_present = "source", conflicts_with = "source")]
+        model: Option<PathBuf>,
+        /// Instead of a directory: `scylla://HOST:PORT[,HOST:PORT]/KEYSPACE` (the four tables
+        /// of README "Nightly loads"; needs a build with `--features scylla`).
         #[arg(long)]
-        model: PathBuf,
+        source: Option<String>,
         /// Any node's QUIC address (default: the nodes of `[cluster]`).
         #[arg(long)]
         cluster: Option<SocketAddr>,
@@ -278,10 +282,16 @@ fn run() -> Result<()> {
         }
         Command::Load {
             model,
+            source,
             cluster,
             no_activate,
             parallelism,
         } => {
+            let model = match (model, source) {
+                (Some(dir), _) => push::ModelSource::Folder(dir),
+                (None, Some(uri)) => push::ModelSource::Scylla(uri),
+                (None, None) => anyhow::bail!("give --model DIR or --source scylla://..."),
+            };
             let mut config = config;
             if let Some(n) = parallelism {
                 config.load.parallelism = n;

@@ -43,16 +43,26 @@ pub async fn push(
         .map_err(coded)
 }
 
-/// `scoregrid load --model DIR [--cluster ADDR] [--no-activate] [--parallelism N]`, with the
-/// identity of `[tls]` (a loader certificate from the cluster CA).
+/// Where `scoregrid load` reads a model.
+pub enum ModelSource {
+    Folder(PathBuf),
+    /// `scylla://HOST:PORT/KEYSPACE`.
+    Scylla(String),
+}
+
+/// `scoregrid load --model DIR|--source URI [--cluster ADDR] [--no-activate] [--parallelism N]`,
+/// with the identity of `[tls]` (a loader certificate from the cluster CA).
 pub async fn load(
     config: Config,
-    model: PathBuf,
+    model: ModelSource,
     cluster: Option<SocketAddr>,
     activate: bool,
 ) -> Result<()> {
     let (endpoint, client) = client(&config, cluster)?;
-    let spooled = build_spooled(&config, model).await?;
+    let spooled = match model {
+        ModelSource::Folder(dir) => build_spooled(&config, dir).await?,
+        ModelSource::Scylla(uri) => build_from_scylla(&config, &uri).await?,
+    };
     let model = PushModel::spooled(spooled).map_err(coded)?;
     let report = push(
         model,
@@ -89,11 +99,7 @@ pub async fn build_spooled(
         config.placement.partitions,
         config.model.segment_products_max,
     );
-    let spool = if config.load.spool_dir.as_os_str().is_empty() {
-        std::env::temp_dir()
-    } else {
-        config.load.spool_dir.clone()
-    };
+    let spool = spool_dir(config);
     let (_, spooled) = tokio::task::spawn_blocking(move || {
         let partitions = scoregrid_shard::PartitionCount::new(partitions)
             .context("placement.partitions out of range")?;
@@ -164,4 +170,59 @@ pub async fn build(config: &Config, dir: PathBuf) -> Result<BuiltModel> {
     .await
     .context("model build task failed")??;
     Ok(built)
+}
+
+fn spool_dir(config: &Config) -> PathBuf {
+    if config.load.spool_dir.as_os_str().is_empty() {
+        std::env::temp_dir()
+    } else {
+        config.load.spool_dir.clone()
+    }
+}
+
+/// Reads the model in the Scylla keyspace `uri` names into the spool folder of `config`.
+#[cfg(feature = "scylla")]
+pub async fn build_from_scylla(
+    config: &Config,
+    uri: &str,
+) -> Result<scoregrid_loader::spool::SpooledModel> {
+    use scoregrid_loader::scylla;
+    let source = scylla::ScyllaSource::parse(uri)?;
+    let partitions = scoregrid_shard::PartitionCount::new(config.placement.partitions)
+        .context("placement.partitions out of range")?;
+    let manifest = scylla::read_manifest(&source).await?;
+    let (spool, mut builder) = scoregrid_loader::spool::Spool::create(
+        &manifest,
+        partitions,
+        config.model.segment_products_max,
+        &spool_dir(config),
+    )?;
+    let ranges = (config.load.parallelism as usize * 4).max(4);
+    let summary = scylla::read_tables(&source, manifest, ranges, &mut builder).await?;
+    tracing::info!(
+        customers = summary.customers,
+        products = summary.products,
+        pool_entries = summary.pool_entries,
+        "read from scylla"
+    );
+    let spooled = tokio::task::spawn_blocking(move || {
+        spool.build(builder, |error| scoregrid_loader::LoadError::Model {
+            error,
+        })
+    })
+    .await
+    .context("model build task failed")??;
+    Ok(spooled)
+}
+
+/// Without the `scylla` feature: says how to get it.
+#[cfg(not(feature = "scylla"))]
+pub async fn build_from_scylla(
+    _config: &Config,
+    uri: &str,
+) -> Result<scoregrid_loader::spool::SpooledModel> {
+    scoregrid_loader::scylla::ScyllaSource::parse(uri)?;
+    anyhow::bail!(
+        "this scoregrid was built without Scylla support: build it with `cargo build --release --features scylla`"
+    )
 }

@@ -19,6 +19,8 @@ pub enum Position {
     Line(u64),
     /// A Parquet (or synthetic) row, counting from 1 within its file.
     Row(u64),
+    /// A database row, by its key (a Scylla table's partition key, as the id it stands for).
+    Key(u64),
 }
 
 impl fmt::Display for Location {
@@ -26,6 +28,7 @@ impl fmt::Display for Location {
         match self.position {
             Position::Line(n) => write!(f, "{} line {n}", self.file),
             Position::Row(n) => write!(f, "{} row {n}", self.file),
+            Position::Key(n) => write!(f, "{} key {n}", self.file),
         }
     }
 }

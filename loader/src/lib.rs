@@ -16,6 +16,7 @@
 //! - `jsonl`: JSONL tables, one reused line buffer, fields read exactly.
 //! - `columnar`: Parquet tables, bounded batches, columns read in place.
 //! - [`load`]: [`load_model`] and [`build_model`], the entry points.
+//! - [`scylla`](mod@scylla): Scylla/Cassandra as a source (reading behind the `scylla` feature).
 //! - [`spool`]: a version built partition by partition into a spool folder (customers spilled
 //!   to disk), so that a load needs RAM for one partition, not the whole version.
 //! - [`push`](mod@push): a built version into a cluster: registered, streamed in pieces to every
@@ -36,6 +37,7 @@ pub mod manifest;
 pub mod push;
 mod rng;
 pub mod rows;
+pub mod scylla;
 pub mod source;
 pub mod spool;
 pub mod synth;

@@ -106,6 +106,25 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, LoadError> {
     Ok(Manifest { version, dim })
 }
 
+/// A manifest from its two values, read elsewhere than `manifest.json` (a database table named
+/// `path`), with the same rules and messages.
+///
+/// # Errors
+/// A version name outside the contract's alphabet or length, a dim outside `1..=1024`.
+pub fn manifest_of(path: &str, version: &str, dim: i64) -> Result<Manifest, LoadError> {
+    let field = |field, message| LoadError::Manifest {
+        path: path.to_string(),
+        field,
+        message,
+    };
+    let version = ModelVersion::new(version).map_err(|message| field("version", message))?;
+    let dim = usize::try_from(dim)
+        .ok()
+        .filter(|dim| (1..=DIM_MAX).contains(dim))
+        .ok_or_else(|| field("dim", format!("must be 1..={DIM_MAX}, found {dim}")))?;
+    Ok(Manifest { version, dim })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
