@@ -4,13 +4,15 @@
 # Parquet) while an open-loop reader runs at half the cluster's measured capacity. Reports, from
 # one run: the capacity, the reader's p99 idle and during the staging, the load's summary (rate
 # per node), and the peak RSS of the loader and of each node.
-# Usage: scripts/bench-load.sh [BIN] [V1_DIR] [V2_DIR] [CUSTOMERS] [READ_SECONDS]
+# Usage: scripts/bench-load.sh [BIN] [V1_DIR] [V2_DIR] [CUSTOMERS] [READ_SECONDS] [BYTES_PER_S]
+# BYTES_PER_S (default 0: unbounded) is the load's `load.bytes_per_second`.
 set -euo pipefail
 bin=${1:-target/release/scoregrid}
 v1=${2:-/tmp/scoregrid-bench-1m}
 v2=${3:-/tmp/scoregrid-bench-10m}
 customers=${4:-10000000}
 read_seconds=${5:-15}
+bytes_per_second=${6:-0}
 addr=127.0.0.1:18200
 if [ ! -f "$v1/manifest.json" ]; then
     "$bin" gen --out "$v1" --customers 1000000 --products 50000 --containers 500 \
@@ -37,7 +39,7 @@ echo "capacity (closed loop, 32 connections): p99 ms, rps, errors = $capacity; o
 idle=$("$bin" bench --url "http://$addr" --model "$v1" --connections 32 --rate "$rate" --duration "$read_seconds" --warmup 2 --json | p99)
 echo "idle reader: p99 ms, rps, errors = $idle"
 
-/usr/bin/time -v "$bin" --config "$work/cluster/client.toml" load --model "$v2" >"$work/load.out" 2>"$work/load.err" &
+SCOREGRID_LOAD_BYTES_PER_SECOND=$bytes_per_second /usr/bin/time -v "$bin" --config "$work/cluster/client.toml" load --model "$v2" >"$work/load.out" 2>"$work/load.err" &
 loader=$!
 for _ in $(seq 1 1200); do grep -q 'staging round' "$work/load.err" && break; sleep 0.1; done
 started=$(date +%s.%N)

@@ -19,6 +19,7 @@ pub fn options(config: &Config, activate: bool, progress: ProgressMode) -> PushO
         parallelism: config.load.parallelism as usize,
         chunk_bytes: config.load.chunk_bytes,
         rounds: config.load.rounds,
+        bytes_per_second: config.load.bytes_per_second,
         progress,
     }
 }

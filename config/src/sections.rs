@@ -173,6 +173,9 @@ pub struct LoadConfig {
     /// partition) before it streams it; deleted when the load ends. Empty: the system's
     /// temporary folder (`TMPDIR`, else `/tmp`). Needs room for the encoded version.
     pub spool_dir: PathBuf,
+    /// Bytes per second a load sends at most, over all nodes (staging shares the nodes' cores
+    /// with readers); 0: as fast as the nodes take them.
+    pub bytes_per_second: u64,
 }
 
 impl Default for LoadConfig {
@@ -182,6 +185,7 @@ impl Default for LoadConfig {
             chunk_bytes: 1 << 20,
             rounds: 5,
             spool_dir: PathBuf::new(),
+            bytes_per_second: 0,
         }
     }
 }

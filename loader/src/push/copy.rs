@@ -10,6 +10,35 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A bound on the bytes a load sends per second, over all nodes: staging shares the nodes'
+/// cores with readers, and this is how an operator keeps it from crowding them out. Each piece
+/// waits for its turn; turns are spaced by the piece's size at the rate.
+pub(crate) struct Pacer {
+    bytes_per_second: f64,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub(crate) fn new(bytes_per_second: u64) -> Option<Self> {
+        (bytes_per_second > 0).then(|| Self {
+            bytes_per_second: bytes_per_second as f64,
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    async fn wait(&self, bytes: usize) {
+        let start = {
+            let Ok(mut next) = self.next.lock() else {
+                return;
+            };
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// Tries of one copy before it counts as failed for this round.
 const COPY_ATTEMPTS: u32 = 3;
 
@@ -89,10 +118,21 @@ pub(crate) async fn send_copy(
     file: &EncodedFile,
     chunk_bytes: usize,
     progress: &Progress,
+    pacer: Option<&Pacer>,
 ) -> Result<(), RpcError> {
     let mut attempt = 1;
     loop {
-        match send_once(client, version, partition, file, chunk_bytes, progress).await {
+        match send_once(
+            client,
+            version,
+            partition,
+            file,
+            chunk_bytes,
+            progress,
+            pacer,
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(error) if attempt < COPY_ATTEMPTS && retriable(&error) => {
                 tracing::debug!(node = %client.node(), %partition, %error, attempt, "partition copy failed; trying again");
@@ -111,6 +151,7 @@ async fn send_once(
     file: &EncodedFile,
     chunk_bytes: usize,
     progress: &Progress,
+    pacer: Option<&Pacer>,
 ) -> Result<(), RpcError> {
     let total = file.bytes as usize;
     let local = |message: String| RpcError::Remote {
@@ -121,6 +162,9 @@ async fn send_once(
     let mut offset = 0usize;
     loop {
         let end = (offset + chunk_bytes).min(total);
+        if let Some(pacer) = pacer {
+            pacer.wait(end - offset).await;
+        }
         let bytes = pieces.read(offset, end).map_err(local)?;
         let reply = client
             .stage_chunk(StageChunk {

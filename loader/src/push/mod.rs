@@ -22,7 +22,7 @@ mod progress;
 pub use progress::ProgressMode;
 
 use crate::spool::SpooledModel;
-use copy::{Body, EncodedFile, gone, send_copy};
+use copy::{Body, EncodedFile, Pacer, gone, send_copy};
 use futures_util::StreamExt;
 use progress::Progress;
 use scoregrid_raft::client::{ClientError, ClusterClient};
@@ -54,6 +54,8 @@ pub struct PushOptions {
     pub chunk_bytes: u32,
     /// Rounds of staging (each re-reads the map) before giving up.
     pub rounds: u32,
+    /// Bytes sent per second over all nodes at most; 0: as fast as the nodes take them.
+    pub bytes_per_second: u64,
     pub progress: ProgressMode,
 }
 
@@ -64,6 +66,7 @@ impl Default for PushOptions {
             parallelism: 2,
             chunk_bytes: 1 << 20,
             rounds: 5,
+            bytes_per_second: 0,
             progress: ProgressMode::Auto,
         }
     }
@@ -146,6 +149,7 @@ struct Push<'a> {
     directory: Directory,
     options: PushOptions,
     progress: Progress,
+    pacer: Option<Pacer>,
     report: Mutex<PushReport>,
 }
 
@@ -282,6 +286,7 @@ pub async fn push(
         files,
         directory,
         progress: Progress::new(options.progress),
+        pacer: Pacer::new(options.bytes_per_second),
         options,
         report: Mutex::new(report),
     };
@@ -488,6 +493,7 @@ impl Push<'_> {
                             file,
                             chunk,
                             &self.progress,
+                            self.pacer.as_ref(),
                         )
                         .await;
                         sent.map_err(|error| {
