@@ -204,3 +204,32 @@ async fn send_once(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// Pieces leave at the rate, whoever asks: 1 MB/s spaces 100 kB pieces 100 ms apart, on
+    /// tokio's paused clock (virtual time, so the test measures the schedule, not the machine).
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_pieces_by_their_size() {
+        assert!(Pacer::new(0).is_none(), "0 means unbounded");
+        let pacer = Pacer::new(1_000_000).expect("a pacer");
+        let started = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..4 {
+            pacer.wait(100_000).await;
+            at.push(started.elapsed());
+        }
+        let ms: Vec<u128> = at.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 100, 200, 300]);
+        // Idle time is not saved up for a burst later.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = Instant::now();
+        pacer.wait(100_000).await;
+        pacer.wait(100_000).await;
+        assert_eq!(now.elapsed().as_millis(), 100);
+    }
+}
