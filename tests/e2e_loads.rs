@@ -20,6 +20,15 @@
 mod common;
 
 use common::{get_json, items, ranked};
+
+/// [`common::wait_until`], for the value alone.
+async fn wait_until<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    common::wait_until(what, limit, check).await.0
+}
 use scoregrid_shard::reference::ReferenceModel;
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -200,22 +209,17 @@ fn versions_on_disk(work: &Path, node: u64) -> Vec<String> {
     names
 }
 
-/// Polls `check` every 50 ms until it gives `Ok`, or fails with what it saw last.
-async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < limit {
-        match check().await {
-            Ok(value) => return value,
-            Err(seen) => last = seen,
+/// Waits until every node's data directory holds exactly the versions `want`.
+async fn disks_come_to(work: &Path, want: &[&str], what: &str) {
+    wait_until(what, Duration::from_secs(20), || async {
+        let disks: Vec<Vec<String>> = (1..=3).map(|n| versions_on_disk(work, n)).collect();
+        if disks.iter().all(|d| d == want) {
+            Ok(())
+        } else {
+            Err(format!("{disks:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}; last seen: {last}");
+    })
+    .await;
 }
 
 fn model(root: &Path, name: &str, seed: &str, customers: &str) -> (PathBuf, ReferenceModel) {
@@ -250,14 +254,8 @@ fn signal(pid: u32, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nightly_loads_flip_once_roll_back_and_resume() {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let root = if std::env::var_os("E2E_KEEP_DIR").is_some() {
-        let kept = temp.keep();
-        eprintln!("working directory kept: {}", kept.display());
-        kept
-    } else {
-        temp.path().to_path_buf()
-    };
+    // E2E_KEEP_DIR=1 keeps the working directory (every process's log) for a look.
+    let (_temp, root) = common::work_root(tempfile::tempdir().expect("tempdir"));
     let (v1_dir, v1) = model(&root, "v1", "31", "300");
     let (v2_dir, v2) = model(&root, "v2", "32", "300");
     let work = root.join("cluster");
@@ -345,16 +343,19 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
     }
 
     // 2. V2 staged, not activated; a rerun sends nothing again.
-    let (code, out, err) = scoregrid(
-        &client,
-        &[
-            "load",
-            "--model",
-            v2_dir.to_str().expect("utf-8"),
-            "--no-activate",
-        ],
-        &[],
-    );
+    let stage_v2 = || {
+        scoregrid(
+            &client,
+            &[
+                "load",
+                "--model",
+                v2_dir.to_str().expect("utf-8"),
+                "--no-activate",
+            ],
+            &[],
+        )
+    };
+    let (code, out, err) = stage_v2();
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains("not activated"), "{out}");
     let (_, list, _) = scoregrid(&client, &["model", "list"], &[]);
@@ -362,16 +363,7 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
         list.contains("active version: v1") && list.contains("0 missing: ready to activate"),
         "{list}"
     );
-    let (code, out, err) = scoregrid(
-        &client,
-        &[
-            "load",
-            "--model",
-            v2_dir.to_str().expect("utf-8"),
-            "--no-activate",
-        ],
-        &[],
-    );
+    let (code, out, err) = stage_v2();
     assert_eq!(code, 0, "{out} {err}");
     assert!(
         out.contains(" 0 copies (0.0 MiB) staged and verified, 128 already staged"),
@@ -422,37 +414,13 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
         list.contains("active version: v3") && list.contains("v2") && !list.contains("v1 "),
         "one retired version retained: {list}"
     );
-    wait_until(
-        "v1 deleted on every node",
-        Duration::from_secs(20),
-        || async {
-            let disks: Vec<Vec<String>> = (1..=3).map(|n| versions_on_disk(&work, n)).collect();
-            if disks.iter().all(|d| d == &["v2", "v3"]) {
-                Ok(())
-            } else {
-                Err(format!("{disks:?}"))
-            }
-        },
-    )
-    .await;
+    disks_come_to(&work, &["v2", "v3"], "v1 deleted on every node").await;
     let (code, out, err) = scoregrid_async(&client, &["model", "drop", "v3"]).await;
     assert_eq!(code, 1, "the active version cannot be dropped: {out} {err}");
     assert!(err.contains("is active"), "{err}");
     let (code, out, err) = scoregrid_async(&client, &["model", "drop", "v2"]).await;
     assert_eq!(code, 0, "{out} {err}");
-    wait_until(
-        "v2 deleted on every node",
-        Duration::from_secs(20),
-        || async {
-            let disks: Vec<Vec<String>> = (1..=3).map(|n| versions_on_disk(&work, n)).collect();
-            if disks.iter().all(|d| d == &["v3"]) {
-                Ok(())
-            } else {
-                Err(format!("{disks:?}"))
-            }
-        },
-    )
-    .await;
+    disks_come_to(&work, &["v3"], "v2 deleted on every node").await;
     let references: BTreeMap<&str, &ReferenceModel> =
         [("v1", &v1), ("v2", &v2), ("v3", &v3)].into();
     check_answers(&reader.take(), &references, grid, "retention");

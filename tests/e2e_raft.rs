@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{ChildGuard, get_json, items, ranked};
+use common::{ChildGuard, get_json, items, ranked, wait_until};
 use scoregrid_shard::reference::ReferenceModel;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -179,35 +179,11 @@ impl Drop for Split {
     }
 }
 
-/// Polls `check` every 50 ms until it gives `Some`, or fails with what it saw last.
-async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < limit {
-        match check().await {
-            Ok(value) => return (value, started.elapsed()),
-            Err(seen) => last = seen,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}; last seen: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_leader_loss_and_a_split_brain() {
     // E2E_KEEP_DIR=1 keeps the working directory (every process's log) for a look.
-    let temp = tempfile::tempdir().expect("tempdir");
-    let root = if std::env::var_os("E2E_KEEP_DIR").is_some() {
-        let kept = temp.keep();
-        eprintln!("working directory kept: {}", kept.display());
-        kept
-    } else {
-        temp.path().to_path_buf()
-    };
+    // E2E_KEEP_DIR=1 keeps the working directory (every process's log) for a look.
+    let (_temp, root) = common::work_root(tempfile::tempdir().expect("tempdir"));
     let (model_dir, reference) = common::generated_model(
         &root,
         &[

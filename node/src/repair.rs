@@ -12,6 +12,23 @@ use scoregrid_wire::admin::AdminCalls;
 use scoregrid_wire::{NodeClient, NodeError, RpcError};
 use std::sync::Arc;
 
+/// The replicas of `partition` other than `me`, those that are up first: whom to ask for it.
+fn other_replicas(
+    map: &ClusterMap,
+    me: scoregrid_wire::NodeId,
+    partition: PartitionId,
+) -> Vec<&NodeInfo> {
+    let mut replicas: Vec<&NodeInfo> = map
+        .placement
+        .replicas(partition)
+        .iter()
+        .filter(|&&n| n != me)
+        .filter_map(|&n| map.node(n))
+        .collect();
+    replicas.sort_by_key(|n| n.state != NodeState::Up);
+    replicas
+}
+
 /// The whole file of partition `partition` of `version` from `client`, range by range.
 ///
 /// # Errors
@@ -102,16 +119,8 @@ pub(crate) async fn catch_up(
         if staged.contains(&partition) || node.hosts(version) {
             continue;
         }
-        let mut replicas: Vec<_> = map
-            .placement
-            .replicas(partition)
-            .iter()
-            .filter(|&&n| n != node.id())
-            .filter_map(|&n| map.node(n))
-            .collect();
-        replicas.sort_by_key(|n| n.state != NodeState::Up);
         let mut done = false;
-        for peer in replicas {
+        for peer in other_replicas(map, node.id(), partition) {
             let Some(client) = client_of(peer) else {
                 continue;
             };
@@ -170,15 +179,7 @@ async fn fetch_one(
     version: &ModelVersion,
     partition: PartitionId,
 ) -> bool {
-    let mut replicas: Vec<_> = map
-        .placement
-        .replicas(partition)
-        .iter()
-        .filter(|&&n| n != node.id())
-        .filter_map(|&n| map.node(n))
-        .collect();
-    replicas.sort_by_key(|n| n.state != NodeState::Up);
-    for peer in replicas {
+    for peer in other_replicas(map, node.id(), partition) {
         let raft_peer = RaftPeer {
             address: peer.address.clone(),
             name: peer.name.clone(),

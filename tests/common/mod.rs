@@ -415,3 +415,40 @@ pub fn cluster_local(
         env,
     )
 }
+
+/// The working directory of an end-to-end test: `temp`'s (deleted when the returned guard is
+/// dropped), or with `E2E_KEEP_DIR=1` one that is kept afterwards (every process's log) for a
+/// look.
+pub fn work_root(temp: tempfile::TempDir) -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    if std::env::var_os("E2E_KEEP_DIR").is_some() {
+        let kept = temp.keep();
+        eprintln!("working directory kept: {}", kept.display());
+        (None, kept)
+    } else {
+        let path = temp.path().to_path_buf();
+        (Some(temp), path)
+    }
+}
+
+/// Polls `check` every 50 ms until it gives `Ok`, or fails with what it saw last; returns the
+/// value and how long it took.
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: F,
+) -> (T, std::time::Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        match check().await {
+            Ok(value) => return (value, started.elapsed()),
+            Err(seen) => last = seen,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}; last seen: {last}");
+}

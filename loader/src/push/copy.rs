@@ -106,100 +106,86 @@ pub(crate) fn gone(error: &RpcError) -> bool {
     matches!(error, RpcError::Timeout(_) | RpcError::Unreachable(..))
 }
 
-/// Stages `file` as partition `partition` of `version` on the node behind `client`.
-///
-/// # Errors
-/// The node's refusal (a file it found invalid), or the last error after [`COPY_ATTEMPTS`]
-/// tries of a retriable one.
-pub(crate) async fn send_copy(
-    client: &dyn NodeClient,
-    version: &ModelVersion,
-    partition: PartitionId,
-    file: &EncodedFile,
-    chunk_bytes: usize,
-    progress: &Progress,
-    pacer: Option<&Pacer>,
-) -> Result<(), RpcError> {
-    let mut attempt = 1;
-    loop {
-        match send_once(
-            client,
-            version,
-            partition,
-            file,
-            chunk_bytes,
-            progress,
-            pacer,
-        )
-        .await
-        {
-            Ok(()) => return Ok(()),
-            Err(error) if attempt < COPY_ATTEMPTS && retriable(&error) => {
-                tracing::debug!(node = %client.node(), %partition, %error, attempt, "partition copy failed; trying again");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(error),
-        }
-    }
+/// One partition copy to send: the file, where to, and how.
+pub(crate) struct Copy<'a> {
+    pub(crate) client: &'a dyn NodeClient,
+    pub(crate) version: &'a ModelVersion,
+    pub(crate) partition: PartitionId,
+    pub(crate) file: &'a EncodedFile,
+    pub(crate) chunk_bytes: usize,
+    pub(crate) progress: &'a Progress,
+    pub(crate) pacer: Option<&'a Pacer>,
 }
 
-async fn send_once(
-    client: &dyn NodeClient,
-    version: &ModelVersion,
-    partition: PartitionId,
-    file: &EncodedFile,
-    chunk_bytes: usize,
-    progress: &Progress,
-    pacer: Option<&Pacer>,
-) -> Result<(), RpcError> {
-    let total = file.bytes as usize;
-    let local = |message: String| RpcError::Remote {
-        node: client.node(),
-        error: NodeError::Refused(format!("the loader cannot read its own copy: {message}")),
-    };
-    let pieces = Pieces::open(file).map_err(local)?;
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + chunk_bytes).min(total);
-        if let Some(pacer) = pacer {
-            pacer.wait(end - offset).await;
-        }
-        let bytes = pieces.read(offset, end).map_err(local)?;
-        let reply = client
-            .stage_chunk(StageChunk {
-                version: version.clone(),
-                partition,
-                file_bytes: total as u64,
-                checksum: file.checksum,
-                offset: offset as u64,
-                bytes,
-            })
-            .await?;
-        progress.bytes((end - offset) as u64);
-        match reply {
-            Some(staged) if staged.partition == partition && staged.checksum == file.checksum => {
-                // A node that had it already answers the first piece: count the rest as done.
-                progress.bytes((total - end) as u64);
-                return Ok(());
+impl Copy<'_> {
+    /// Stages the file on the node.
+    ///
+    /// # Errors
+    /// The node's refusal (a file it found invalid), or the last error after [`COPY_ATTEMPTS`]
+    /// tries of a retriable one.
+    pub(crate) async fn send(&self) -> Result<(), RpcError> {
+        let mut attempt = 1;
+        loop {
+            match self.send_once().await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < COPY_ATTEMPTS && retriable(&error) => {
+                    tracing::debug!(node = %self.client.node(), partition = %self.partition, %error, attempt, "partition copy failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
             }
-            Some(staged) => {
-                return Err(RpcError::Remote {
-                    node: client.node(),
-                    error: NodeError::Refused(format!(
+        }
+    }
+
+    async fn send_once(&self) -> Result<(), RpcError> {
+        let (client, partition, file) = (self.client, self.partition, self.file);
+        let total = file.bytes as usize;
+        let refused = |message: String| RpcError::Remote {
+            node: client.node(),
+            error: NodeError::Refused(message),
+        };
+        let local =
+            |message: String| refused(format!("the loader cannot read its own copy: {message}"));
+        let pieces = Pieces::open(file).map_err(local)?;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + self.chunk_bytes).min(total);
+            if let Some(pacer) = self.pacer {
+                pacer.wait(end - offset).await;
+            }
+            let bytes = pieces.read(offset, end).map_err(local)?;
+            let reply = client
+                .stage_chunk(StageChunk {
+                    version: self.version.clone(),
+                    partition,
+                    file_bytes: total as u64,
+                    checksum: file.checksum,
+                    offset: offset as u64,
+                    bytes,
+                })
+                .await?;
+            self.progress.bytes((end - offset) as u64);
+            match reply {
+                Some(staged)
+                    if staged.partition == partition && staged.checksum == file.checksum =>
+                {
+                    // A node that had it already answers the first piece: count the rest as done.
+                    self.progress.bytes((total - end) as u64);
+                    return Ok(());
+                }
+                Some(staged) => {
+                    return Err(refused(format!(
                         "staged partition {} with checksum {:08x}, expected {partition} with {:08x}",
                         staged.partition, staged.checksum, file.checksum
-                    )),
-                });
-            }
-            None if end < total => offset = end,
-            None => {
-                return Err(RpcError::Remote {
-                    node: client.node(),
-                    error: NodeError::Refused(format!(
+                    )));
+                }
+                None if end < total => offset = end,
+                None => {
+                    return Err(refused(format!(
                         "partition {partition}: all {total} bytes sent and the node did not confirm them; restart the file"
-                    )),
-                });
+                    )));
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ mod progress;
 pub use progress::ProgressMode;
 
 use crate::spool::SpooledModel;
-use copy::{Body, EncodedFile, Pacer, gone, send_copy};
+use copy::{Body, Copy, EncodedFile, Pacer, gone};
 use futures_util::StreamExt;
 use progress::Progress;
 use scoregrid_raft::client::{ClientError, ClusterClient};
@@ -486,15 +486,16 @@ impl Push<'_> {
                     let sent = if unreachable.load(Ordering::Relaxed) {
                         Err("not sent: the node did not answer".to_owned())
                     } else {
-                        let sent = send_copy(
-                            client.as_ref(),
-                            &self.version,
-                            p,
+                        let sent = Copy {
+                            client: client.as_ref(),
+                            version: &self.version,
+                            partition: p,
                             file,
-                            chunk,
-                            &self.progress,
-                            self.pacer.as_ref(),
-                        )
+                            chunk_bytes: chunk,
+                            progress: &self.progress,
+                            pacer: self.pacer.as_ref(),
+                        }
+                        .send()
                         .await;
                         sent.map_err(|error| {
                             if gone(&error) {
