@@ -89,41 +89,45 @@ fn encode_record(record: &LogRecord) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Parses the records of a log file; returns them and the length of the good prefix.
-fn parse(bytes: &[u8]) -> (Vec<LogRecord>, usize, Option<String>) {
+/// Parses the records of a log file; returns them and the length of the good prefix, and why
+/// the rest (a torn or corrupt tail) was dropped.
+///
+/// # Errors
+/// A record that passes its checksum but does not decode: not a torn write but a log of
+/// another build, which must not be cut short as if it were one.
+fn parse(bytes: &[u8]) -> Result<(Vec<LogRecord>, usize, Option<String>), String> {
     let mut records = Vec::new();
     let mut at = HEADER_BYTES;
     while at < bytes.len() {
         let rest = &bytes[at..];
         if rest.len() < RECORD_HEADER_BYTES {
-            return (records, at, Some("a record header cut short".into()));
+            return Ok((records, at, Some("a record header cut short".into())));
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len > RECORD_BYTES_MAX || rest.len() - RECORD_HEADER_BYTES < len as usize {
-            return (
+            return Ok((
                 records,
                 at,
                 Some(format!("a record of {len} bytes cut short")),
-            );
+            ));
         }
         let payload = &rest[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len as usize];
         if crc32(payload) != crc {
-            return (records, at, Some("a record failing its checksum".into()));
+            return Ok((records, at, Some("a record failing its checksum".into())));
         }
         match scoregrid_wire::codec::decode::<LogRecord>(payload) {
             Ok(record) => records.push(record),
             Err(error) => {
-                return (
-                    records,
-                    at,
-                    Some(format!("a record that does not decode: {error}")),
-                );
+                return Err(format!(
+                    "the record at byte {at} passes its checksum but does not decode ({error}): \
+                     a log written by another build of scoregrid?"
+                ));
             }
         }
         at += RECORD_HEADER_BYTES + len as usize;
     }
-    (records, at, None)
+    Ok((records, at, None))
 }
 
 fn header() -> Vec<u8> {
@@ -155,7 +159,8 @@ impl LogStore {
                         path.display()
                     )));
                 }
-                let (records, good, reason) = parse(&bytes);
+                let (records, good, reason) =
+                    parse(&bytes).map_err(|why| io_error(format!("{}: {why}", path.display())))?;
                 for record in records {
                     match record {
                         LogRecord::Entry(entry) => {
@@ -399,7 +404,7 @@ mod tests {
         drop(store);
         let whole = fs::read(&path).unwrap();
         // Every cut inside the last record, as a crash during its write would leave.
-        let (_, good_before_last, _) = parse(&whole[..whole.len() - 1]);
+        let (_, good_before_last, _) = parse(&whole[..whole.len() - 1]).unwrap();
         for cut in good_before_last..whole.len() {
             fs::write(&path, &whole[..cut]).unwrap();
             let (store, recovery) = LogStore::open(dir.path()).unwrap();
@@ -414,6 +419,29 @@ mod tests {
             drop(store);
             fs::write(&path, &whole).unwrap();
         }
+    }
+
+    /// A record that passes its checksum but does not decode is not a torn write: the log is
+    /// refused with the reason, never cut short (it may be a log of another build).
+    #[test]
+    fn an_undecodable_record_refuses_the_log_instead_of_cutting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (store, _) = LogStore::open(dir.path()).unwrap();
+        store.write_entries(entries(1..=3)).unwrap();
+        drop(store);
+        let mut bytes = fs::read(&path).unwrap();
+        let payload = [0xffu8; 5];
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(&path, &bytes).unwrap();
+        let error = LogStore::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("does not decode"), "{error}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the log is left as it was");
     }
 
     #[test]

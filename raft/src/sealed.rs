@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
-/// The format every sealed value of this crate is written in; [`read`] is where an older one
-/// would be migrated.
-pub const FORMAT: u32 = 1;
+/// The format every sealed value of this crate (and the log's header) is written in; [`read`]
+/// is where an older one would be migrated. 2: the model records of the map grew (checksums,
+/// staging reports, retention); files of format 1 are refused with a message, not misread.
+pub const FORMAT: u32 = 2;
 
 pub(crate) fn invalid(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
