@@ -37,6 +37,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long after a flip returned every answer must come from the new version: routers follow
+/// the map within milliseconds (BENCHMARKS.md 3b); this leaves room for a loaded machine.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Answers sent after the settle time that a flip's check needs.
+const ANSWERS_AFTER_SETTLE: usize = 20;
+
 /// Rows of the reader's page: enough to span several segments of the grid.
 const PAGE: usize = 50;
 
@@ -116,6 +123,7 @@ impl Reader {
                         body: body.to_string(),
                     };
                     answers.lock().expect("answers").push(answer);
+                    // The reader's pace (about 150 requests a second), not a wait for anything.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
@@ -125,6 +133,28 @@ impl Reader {
             stop,
             task,
         }
+    }
+
+    /// Waits until the reader has recorded [`ANSWERS_AFTER_SETTLE`] answers to requests sent
+    /// after `at`, or fails saying how many it has.
+    async fn wait_past(&self, at: Instant) {
+        wait_until(
+            "answers sent after the settle time",
+            Duration::from_secs(30),
+            || async {
+                let answers = self.answers.lock().expect("answers");
+                let after = answers.iter().filter(|a| a.sent >= at).count();
+                if after >= ANSWERS_AFTER_SETTLE {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{after} answers sent after it, of {} recorded",
+                        answers.len()
+                    ))
+                }
+            },
+        )
+        .await;
     }
 
     /// Every answer so far, the reader's log cleared.
@@ -380,16 +410,16 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
     let (code, out, err) = scoregrid_async(&client, &["model", "activate", "v2"]).await;
     let flipped_at = Instant::now();
     assert_eq!(code, 0, "{out} {err}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reader.wait_past(flipped_at + SETTLE).await;
     let flip = reader.take();
     check_answers(&flip, &references, grid, "v1 -> v2");
-    check_flip(&flip, "v1", "v2", flipped_at, Duration::from_secs(1));
+    check_flip(&flip, "v1", "v2", flipped_at, SETTLE);
 
     // 4. Rollback and forward; retention; drop.
     let (code, out, err) = scoregrid_async(&client, &["model", "activate", "v1"]).await;
     let rolled_back_at = Instant::now();
     assert_eq!(code, 0, "rollback: {out} {err}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reader.wait_past(rolled_back_at + SETTLE).await;
     let rollback = reader.take();
     check_answers(&rollback, &references, grid, "rollback");
     check_flip(
