@@ -24,6 +24,19 @@ pub const STAGING_VERSIONS_MAX: usize = 2;
 pub(crate) struct Staging {
     pub(crate) directory: Option<Arc<Directory>>,
     pub(crate) partitions: BTreeMap<PartitionId, Partition>,
+    /// Whether what a restart left on disk was read into this entry already: looking again
+    /// after every staged partition cost a `stat` per missing partition each time (quadratic
+    /// in the partitions of a load).
+    pub(crate) disk_read: bool,
+}
+
+/// When [`Node::prepare_if_complete`] looks on disk for partitions staged before a restart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DiskCheck {
+    /// Once per staging entry: the staging path, where everything new arrives through RAM.
+    Once,
+    /// Again: an activation, the last chance before a refusal.
+    Always,
 }
 
 pub struct Control {
@@ -186,7 +199,7 @@ impl Node {
             Ok(())
         })?;
         tracing::info!(node = %self.id(), %version, "directory staged");
-        self.prepare_if_complete(control, &version)?;
+        self.prepare_if_complete(control, &version, DiskCheck::Once)?;
         Ok(())
     }
 
@@ -213,7 +226,7 @@ impl Node {
             Ok(())
         })?;
         metrics::counter!("scoregrid_node_partitions_staged_total", "node" => self.id().to_string()).increment(1);
-        self.prepare_if_complete(control, &version)?;
+        self.prepare_if_complete(control, &version, DiskCheck::Once)?;
         Ok(Staged {
             version,
             partition: id,
@@ -252,13 +265,20 @@ impl Node {
         &self,
         control: &Control,
         version: &ModelVersion,
+        disk: DiskCheck,
     ) -> Result<bool, NodeError> {
         let complete = |staging: &HashMap<ModelVersion, Staging>| {
             staging.get(version).is_some_and(|entry| {
                 entry.directory.is_some() && Self::not_staged(control, entry).is_none()
             })
         };
-        if !self.staging(|staging| Ok(complete(staging)))? {
+        let (done, disk_read) = self.staging(|staging| {
+            Ok((
+                complete(staging),
+                staging.get(version).is_some_and(|e| e.disk_read),
+            ))
+        })?;
+        if !done && (disk == DiskCheck::Always || !disk_read) {
             // What a restart left on disk counts too.
             self.stage_from_disk(control, version);
         }
@@ -300,7 +320,7 @@ impl Node {
                     ),
                 })
             })?;
-            if !self.prepare_if_complete(control, version)? {
+            if !self.prepare_if_complete(control, version, DiskCheck::Always)? {
                 return Err(refused(reason));
             }
         }

@@ -298,12 +298,16 @@ impl Node {
             .lock()
             .is_ok_and(|s| s.get(version).is_none_or(|e| e.directory.is_none()));
         if wanted.is_empty() && !need_directory {
+            self.mark_disk_read(control, version);
             return;
         }
         let directory = if need_directory {
             match control.store.read_directory(version) {
                 Ok(d) => Some(d),
-                Err(_) if wanted.is_empty() => return,
+                Err(_) if wanted.is_empty() => {
+                    self.mark_disk_read(control, version);
+                    return;
+                }
                 Err(_) => None,
             }
         } else {
@@ -322,6 +326,7 @@ impl Node {
         let loaded = partitions.len();
         let result = self.staging(|staging| {
             let entry = self.staging_entry(staging, version)?;
+            entry.disk_read = true;
             if let Some(d) = directory {
                 entry.directory = Some(std::sync::Arc::new(d));
             }
@@ -337,6 +342,15 @@ impl Node {
             Err(error) => {
                 tracing::warn!(node = %self.id(), %version, %error, "cannot stage from disk")
             }
+        }
+    }
+
+    /// Notes that `version`'s staging entry, if there is one, has seen what is on disk.
+    fn mark_disk_read(&self, control: &Control, version: &ModelVersion) {
+        if let Ok(mut staging) = control.staging.lock()
+            && let Some(entry) = staging.get_mut(version)
+        {
+            entry.disk_read = true;
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`quic`]: the QUIC server and client, the Hello exchange and the transport bounds.
 
 pub mod admin;
+mod blob;
 pub mod client;
 pub mod codec;
 pub mod epoch;

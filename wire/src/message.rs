@@ -42,10 +42,10 @@ pub enum Request {
     ReadPartition(ReadPartition),
     /// A Raft consensus message (append entries, vote, snapshot) between nodes, encoded by the
     /// membership layer (`scoregrid_raft`), which owns its types.
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "crate::blob")] Vec<u8>),
     /// A cluster-control request (the map watch, status, membership and model commands),
     /// encoded by the membership layer.
-    Cluster(Vec<u8>),
+    Cluster(#[serde(with = "crate::blob")] Vec<u8>),
 }
 
 impl Request {
@@ -86,9 +86,9 @@ pub enum Response {
     Done,
     PartitionFile(PartitionFile),
     /// The answer to a [`Request::Raft`], encoded by the membership layer.
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "crate::blob")] Vec<u8>),
     /// The answer to a [`Request::Cluster`], encoded by the membership layer.
-    Cluster(Vec<u8>),
+    Cluster(#[serde(with = "crate::blob")] Vec<u8>),
     Error(NodeError),
 }
 
@@ -107,6 +107,7 @@ pub struct StageChunk {
     pub checksum: u32,
     /// Where `bytes` go in the file.
     pub offset: u64,
+    #[serde(with = "crate::blob")]
     pub bytes: Vec<u8>,
 }
 
@@ -123,6 +124,7 @@ pub struct ReadPartition {
 /// A range of a partition file (see `scoregrid_shard::file`), and the whole file's length.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionFile {
+    #[serde(with = "crate::blob")]
     pub bytes: Vec<u8>,
     pub file_bytes: u64,
 }
