@@ -158,6 +158,26 @@ impl Config {
         if self.http.requests_in_flight_max == 0 {
             return invalid("http.requests_in_flight_max", "must be at least 1");
         }
+        for (key, value) in [
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            (
+                "http.body_min_bytes_per_second",
+                self.http.body_min_bytes_per_second,
+            ),
+            ("http.connections_max", self.http.connections_max as u64),
+            (
+                "http.connections_per_client_max",
+                self.http.connections_per_client_max as u64,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be above zero");
+            }
+        }
         if !(1..=600_000).contains(&self.router.request_deadline_ms) {
             return invalid("router.request_deadline_ms", "must be in 1..=600000");
         }

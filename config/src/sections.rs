@@ -12,9 +12,28 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// Largest request body accepted (`POST /v1/score`); larger bodies get 413.
     pub request_body_bytes_max: usize,
-    /// Requests served at once; a request beyond it is answered 503 `overloaded` at once
-    /// rather than queued, so a burst cannot build an unbounded backlog.
+    /// Requests served at once (scattered to the nodes); a request beyond it waits in the
+    /// admission queue.
     pub requests_in_flight_max: usize,
+    /// Requests that may wait for a slot; one beyond it is answered 503 `overloaded` at once.
+    pub queue_max: usize,
+    /// How long a request may wait in the queue before it is answered 503 `overloaded`; 0 means
+    /// a quarter of `router.request_deadline_ms`, so that an admitted request keeps most of its
+    /// deadline for the nodes.
+    pub queue_wait_ms: u64,
+    /// Time to receive a request's head, counted from when the router starts waiting for one:
+    /// on a new connection and again after each answer on a kept-alive one, so it is also how
+    /// long an idle kept-alive connection stays open. The connection is then closed.
+    pub header_read_timeout_ms: u64,
+    /// Time to receive a request's body, plus one second per `body_min_bytes_per_second` of its
+    /// declared length: a body that arrives slower is answered 408 and the connection closed.
+    pub body_read_timeout_ms: u64,
+    /// The slowest body upload that is waited for (see `body_read_timeout_ms`).
+    pub body_min_bytes_per_second: u64,
+    /// Client connections open at once; a connection beyond it is answered 503 and closed.
+    pub connections_max: usize,
+    /// Connections open at once from one client IP address, likewise.
+    pub connections_per_client_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -23,6 +42,13 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_body_bytes_max: 1 << 20,
             requests_in_flight_max: 4096,
+            queue_max: 1024,
+            queue_wait_ms: 0,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 5_000,
+            body_min_bytes_per_second: 64 * 1024,
+            connections_max: 16_384,
+            connections_per_client_max: 4_096,
         }
     }
 }

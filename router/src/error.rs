@@ -58,11 +58,12 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    pub fn overloaded() -> Self {
+    /// A request shed at the door; `reason` names the bound (`queue_full`, `queue_wait`).
+    pub fn overloaded(reason: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
-            "too many requests in flight; retry shortly",
+            format!("too many requests in flight ({reason}); retry shortly"),
         )
     }
 

@@ -24,11 +24,9 @@ use scoregrid_shard::hashing::mix64;
 use scoregrid_shard::table::top_categories;
 use scoregrid_wire::NodeId;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tokio::net::TcpListener;
 
 /// Longest `x-request-id` accepted from a client; longer ones are replaced.
 const REQUEST_ID_CHARS_MAX: usize = 128;
@@ -70,40 +68,6 @@ pub fn app(state: Arc<RouterState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains requests in flight.
-///
-/// # Errors
-/// The listener's I/O error.
-pub async fn serve(
-    state: Arc<RouterState>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Small responses: do not let Nagle hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
-    // Histogram samples wait in the recorder until drained: drain them on a timer so that their
-    // memory is bounded by one interval's requests, whether or not anyone scrapes /metrics.
-    let upkeep = state.prometheus.clone().map(|handle| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::telemetry::UPKEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                handle.run_upkeep();
-            }
-        })
-    });
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    if let Some(task) = upkeep {
-        task.abort();
-    }
-    result
-}
-
 async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -130,9 +94,25 @@ async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: 
             Arc::from(format!("{:016x}", mix64(seq ^ process_salt())))
         }
     };
-    let mut response = match state.in_flight.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::overloaded().into_response(),
+    let mut response = match crate::body::read_whole(&state.config.http, request).await {
+        Err(error) => {
+            let mut response = error.into_response();
+            // The rest of a refused body may still be on its way: do not read it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        Ok(request) => match state.admission.enter().await {
+            Ok(_slot) => next.run(request).await,
+            Err(shed) => {
+                let mut response = ApiError::overloaded(shed.label()).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+        },
     };
 
     let status = response.status();

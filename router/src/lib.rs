@@ -14,13 +14,21 @@
 //! - [`routee`]: one node as the router sees it: circuit breaker, latency, hedging delay.
 //! - [`discovery`]: follows the nodes: active version, retained versions, their directories.
 //! - [`scatter`]: the request logic: customer fetch, per-node batching, failover, merge, coverage.
-//! - [`http`]: the axum application: routes, request ids, metrics, in-flight bound.
+//! - [`listener`]: the connection layer: accepts, connection bounds, header timeout, drain.
+//! - `bare_errors`: JSON bodies for the errors hyper answers by itself (400, 414, 431).
+//! - [`http`]: the axum application: routes, request ids, metrics.
+//! - `body`: a request's body read whole against a size bound and a deadline (413, 408).
+//! - [`admission`]: the slots and the bounded queue in front of the scatter (503 `overloaded`).
 //! - [`telemetry`]: the Prometheus recorder and the router's metric names.
 
+pub mod admission;
+mod bare_errors;
+mod body;
 pub mod cursor;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod params;
 mod replicas;
 pub mod routee;
@@ -29,5 +37,6 @@ pub mod state;
 pub mod telemetry;
 
 pub use error::ApiError;
-pub use http::{app, serve};
+pub use http::app;
+pub use listener::serve;
 pub use state::{ClusterView, RouterState};

@@ -2,6 +2,7 @@
 //! each retained model version's directory, a client per node). A request loads the view once
 //! and uses that snapshot throughout, so a map change never mixes two views in one answer.
 
+use crate::admission::Admission;
 use crate::routee::{Routee, RouteePolicy};
 use arc_swap::ArcSwapOption;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -13,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// Where the router's map comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,19 +92,24 @@ impl ClusterView {
 pub struct RouterState {
     pub config: Config,
     view: ArcSwapOption<ClusterView>,
-    /// Bounds the requests served at once (`http.requests_in_flight_max`).
-    pub(crate) in_flight: Arc<Semaphore>,
+    /// Bounds the requests served at once and those waiting for a slot.
+    pub(crate) admission: Admission,
     pub(crate) request_seq: AtomicU64,
     pub(crate) prometheus: Option<PrometheusHandle>,
 }
 
 impl RouterState {
     pub fn new(config: Config) -> Self {
-        let in_flight = Arc::new(Semaphore::new(config.http.requests_in_flight_max));
+        let http = &config.http;
+        let queue_wait = match http.queue_wait_ms {
+            0 => Duration::from_millis(config.router.request_deadline_ms / 4),
+            ms => Duration::from_millis(ms),
+        };
+        let admission = Admission::new(http.requests_in_flight_max, http.queue_max, queue_wait);
         Self {
             config,
             view: ArcSwapOption::empty(),
-            in_flight,
+            admission,
             request_seq: AtomicU64::new(1),
             prometheus: crate::telemetry::prometheus(),
         }

@@ -22,6 +22,22 @@ pub const STALE_ANSWERS: &str = "scoregrid_recommend_stale_map_total";
 /// Requests answered at once because no replica of a needed partition could be called.
 pub const FAST_FAILURES: &str = "scoregrid_router_no_replica_total";
 
+/// Client connections open now.
+pub const CONNECTIONS_OPEN: &str = "scoregrid_http_connections_open";
+/// Connections refused at accept, by the bound they hit (`connections_max`,
+/// `connections_per_client_max`).
+pub const CONNECTIONS_REFUSED: &str = "scoregrid_http_connections_refused_total";
+/// Connections that ended in an error, by cause (`header_timeout`, `bad_request`, ...).
+pub const CONNECTIONS_CLOSED: &str = "scoregrid_http_connections_closed_total";
+/// Requests whose body did not arrive in time (answered 408).
+pub const BODY_TIMEOUTS: &str = "scoregrid_http_body_timeouts_total";
+/// Requests shed at the door (503 `overloaded`), by reason (`queue_full`, `queue_wait`).
+pub const REQUESTS_SHED: &str = "scoregrid_http_requests_shed_total";
+/// Requests waiting for a slot now.
+pub const QUEUE_DEPTH: &str = "scoregrid_http_queue_depth";
+/// How long queued requests waited for a slot (or until they were shed).
+pub const QUEUE_WAIT: &str = "scoregrid_http_queue_wait_seconds";
+
 /// How often histogram samples are folded into their buckets. At 30,000 requests/s and four
 /// samples per request, one interval holds at most ~5 MB of samples.
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
