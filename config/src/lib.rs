@@ -207,6 +207,12 @@ impl Config {
         if !(1..=600_000).contains(&r.breaker_open_ms) {
             return invalid("router.breaker_open_ms", "must be in 1..=600000");
         }
+        if r.breaker_late_ms > 600_000 {
+            return invalid("router.breaker_late_ms", "must be at most 600000");
+        }
+        if r.hedge_budget_percent > 100 {
+            return invalid("router.hedge_budget_percent", "must be in 0..=100");
+        }
         if !(10..=600_000).contains(&r.refresh_interval_ms) {
             return invalid("router.refresh_interval_ms", "must be in 10..=600000");
         }

@@ -119,6 +119,12 @@ pub struct RouterConfig {
     pub breaker_failures: u32,
     /// How long an open circuit stays open before one probe call may try the node again.
     pub breaker_open_ms: u64,
+    /// Timeouts open a node's circuit only when they go on at least this long (and number at
+    /// least `breaker_failures`) with no answer in between: a node that is slow because the
+    /// cluster is saturated still answers some calls, and keeps its circuit.
+    pub breaker_late_ms: u64,
+    /// Hedges sent at most, as a percentage of calls (per node, with a small burst saved up).
+    pub hedge_budget_percent: u32,
     /// How often the router retries what its view lacks (a directory no node gave yet); map
     /// changes themselves arrive at once through the watch.
     pub refresh_interval_ms: u64,
@@ -137,6 +143,8 @@ impl Default for RouterConfig {
             hedge_delay_max_ms: 50,
             breaker_failures: 5,
             breaker_open_ms: 2000,
+            breaker_late_ms: 1000,
+            hedge_budget_percent: 5,
             refresh_interval_ms: 1000,
             quic_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             watch_wait_ms: 2000,

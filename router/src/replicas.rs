@@ -68,21 +68,23 @@ pub(crate) async fn first_answer<T>(
     let mut in_flight = FuturesUnordered::new();
     let mut next = 0;
     let mut hedge_at = None;
-    let launch =
-        |next: &mut usize, in_flight: &mut FuturesUnordered<_>, hedge_at: &mut Option<Instant>| {
-            if let Some(routee) = order.get(*next) {
-                in_flight.push(call_on(view, routee, deadline, &make_call));
-                *next += 1;
-                *hedge_at = order
-                    .get(*next)
-                    .map(|_| (Instant::now() + routee.hedge_delay()).min(deadline));
-            }
-        };
+    let launch = |next: &mut usize,
+                  in_flight: &mut FuturesUnordered<_>,
+                  hedge_at: &mut Option<(Instant, Instant)>| {
+        if let Some(routee) = order.get(*next) {
+            in_flight.push(call_on(view, routee, deadline, &make_call));
+            *next += 1;
+            let now = Instant::now();
+            *hedge_at = order
+                .get(*next)
+                .map(|_| (now, (now + routee.hedge_delay()).min(deadline)));
+        }
+    };
     launch(&mut next, &mut in_flight, &mut hedge_at);
     while !in_flight.is_empty() {
         let timer = async {
             match hedge_at {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some((_, at)) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -95,8 +97,15 @@ pub(crate) async fn first_answer<T>(
                 }
             },
             () = timer => {
-                metrics::counter!(telemetry::HEDGES, "node" => order[next - 1].client.node().to_string()).increment(1);
-                launch(&mut next, &mut in_flight, &mut hedge_at);
+                let slow = order[next - 1];
+                let started = hedge_at.map_or_else(Instant::now, |(started, _)| started);
+                if slow.try_hedge(started.into_std()) {
+                    metrics::counter!(telemetry::HEDGES, "node" => slow.client.node().to_string()).increment(1);
+                    launch(&mut next, &mut in_flight, &mut hedge_at);
+                } else {
+                    // No budget: wait for this one (a failure still moves on at once).
+                    hedge_at = None;
+                }
             }
         }
     }
@@ -259,6 +268,7 @@ async fn call_batch(
 ) -> (Vec<Pending>, BatchOutcome) {
     let routee = &view.routees[&node];
     let keys: Vec<SegmentKey> = members.iter().map(|p| p.take.key).collect();
+    let started = Instant::now();
     let primary = score_on(
         view,
         routee,
@@ -285,6 +295,9 @@ async fn call_batch(
     }
     if alternatives.values().map(Vec::len).sum::<usize>() != members.len() {
         // Some segment has no other replica: a hedge could not give a complete answer.
+        return (members, primary.await);
+    }
+    if !routee.try_hedge(started.into_std()) {
         return (members, primary.await);
     }
     metrics::counter!(crate::telemetry::HEDGES, "node" => node.to_string()).increment(1);

@@ -1,17 +1,29 @@
 //! The router's view of one node (a routee): its client, a circuit breaker, and the recent
 //! latencies that set its hedging delay.
 //!
-//! Breaker: `breaker_failures` consecutive transport failures (unreachable, timeout,
+//! Breaker: `breaker_failures` consecutive transport failures (unreachable, reset,
 //! incompatible) open the circuit; while open, the node is not called; after `breaker_open_ms`
 //! one probe call may go through, and its outcome closes or re-opens the circuit. A node
 //! answering with an application error (say, a version it does not hold) is healthy: that does
-//! not count. The probe belongs to the call that makes it ([`Routee::claim`], just before
+//! not count.
+//!
+//! Timeouts are not failures by themselves: when the whole cluster (or the router) is
+//! saturated, healthy nodes answer late too, and opening their circuits would turn overload
+//! into partial answers. A timeout counts only as part of sustained lateness: at least
+//! `breaker_failures` of them with no answer in between, spread over at least `breaker_late_ms`.
+//! A saturated node still answers some calls in time, which resets the run; a stopped one
+//! answers none. The probe belongs to the call that makes it ([`Routee::claim`], just before
 //! calling): a call that is dropped before it records its outcome (a hedge won the race) hands
 //! the probe back ([`CallGuard`]), and a probe not recorded within `breaker_open_ms` expires, so
 //! a recovered node always gets traffic again.
 //!
 //! Hedging delay: the p95 of the node's last [`LATENCY_WINDOW`] successful calls, clamped to
 //! the configured floor and ceiling; the ceiling until [`LATENCY_SAMPLES_MIN`] samples exist.
+//!
+//! Hedging budget: every call to a node earns `hedge_budget_percent` hundredths of a hedge, and
+//! a hedge sent because this node is slow spends a whole one ([`Routee::try_hedge`]); at most
+//! [`HEDGE_BURST`] are saved up. Under overload every node is slow, and unbudgeted hedges would
+//! add the very load that makes them late.
 
 use scoregrid_wire::{NodeClient, RpcError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +34,10 @@ use std::time::{Duration, Instant};
 pub const LATENCY_WINDOW: usize = 128;
 /// Samples needed before the p95 is trusted (and recomputed every this many samples).
 pub const LATENCY_SAMPLES_MIN: usize = 32;
+/// Hedges a node's budget can save up (see the module docs).
+pub const HEDGE_BURST: u64 = 10;
+/// A hedge, in the budget's units (thousandths).
+const HEDGE_COST: u64 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
@@ -45,6 +61,10 @@ pub struct RouteePolicy {
     pub breaker_open: Duration,
     pub hedge_delay_min: Duration,
     pub hedge_delay_max: Duration,
+    /// Timeouts open the circuit only when they go on this long with no answer.
+    pub breaker_late: Duration,
+    /// Hedges as a share of calls, in percent.
+    pub hedge_budget_percent: u32,
 }
 
 struct Latencies {
@@ -62,6 +82,12 @@ pub struct Routee {
     latencies: Mutex<Latencies>,
     /// p95 of the latency window in microseconds; 0 until enough samples.
     p95_us: AtomicU64,
+    /// The current run of timeouts with no answer in between: when it began, how long it is.
+    late: Mutex<Option<(Instant, u32)>>,
+    /// When the node last answered (in time, whatever the answer).
+    last_answer: Mutex<Option<Instant>>,
+    /// The hedging budget, in thousandths of a hedge.
+    hedge_tokens: AtomicU64,
 }
 
 fn is_transport_failure(error: &RpcError) -> bool {
@@ -85,7 +111,44 @@ impl Routee {
                 recorded: 0,
             }),
             p95_us: AtomicU64::new(0),
+            late: Mutex::new(None),
+            last_answer: Mutex::new(None),
+            hedge_tokens: AtomicU64::new(HEDGE_BURST * HEDGE_COST),
         }
+    }
+
+    /// A call starts: it earns its share of a hedge.
+    fn earn_hedge(&self) {
+        let earned = u64::from(self.policy.hedge_budget_percent.min(100)) * HEDGE_COST / 100;
+        let _ = self
+            .hedge_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + earned).min(HEDGE_BURST * HEDGE_COST))
+            });
+    }
+
+    /// Whether a hedge may be sent because this node has not answered a call made at
+    /// `call_started`. A node that has answered nothing at all since then looks stopped, not
+    /// slow: the hedge is failover and costs no budget. Otherwise it is spent from the budget.
+    pub fn try_hedge(&self, call_started: Instant) -> bool {
+        if self
+            .last_answer
+            .lock()
+            .map_or(true, |last| last.is_none_or(|at| at < call_started))
+        {
+            return true;
+        }
+        let spent = self
+            .hedge_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(HEDGE_COST)
+            })
+            .is_ok();
+        if !spent {
+            metrics::counter!(crate::telemetry::HEDGES_SKIPPED, "node" => self.client.node().to_string())
+                .increment(1);
+        }
+        spent
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -137,6 +200,7 @@ impl Routee {
         if let Ok(mut breaker) = self.breaker.lock() {
             if matches!(*breaker, BreakerState::Closed { .. }) {
                 tracing::info!(node = %self.client.node(), %error, "circuit opened: the node is down in the map and failed");
+                opened(self.client.node(), "down_in_map");
             }
             *breaker = BreakerState::Open {
                 until: Instant::now() + self.policy.breaker_open,
@@ -160,7 +224,7 @@ impl Routee {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
-                self.close_breaker();
+                self.answered();
                 self.record_latency(elapsed);
             }
             Err(error) => {
@@ -171,19 +235,30 @@ impl Routee {
                 if let Ok(mut last) = self.last_error.lock() {
                     *last = Some(error.to_string());
                 }
-                if is_transport_failure(error) {
+                if matches!(error, RpcError::Timeout(_)) {
+                    self.count_timeout();
+                } else if is_transport_failure(error) {
                     self.count_failure();
                 } else {
-                    self.close_breaker();
+                    self.answered();
                 }
             }
         }
     }
 
-    fn close_breaker(&self) {
+    /// The node answered (in time): the circuit closes and a run of lateness ends.
+    fn answered(&self) {
+        if let Ok(mut late) = self.late.lock() {
+            *late = None;
+        }
+        if let Ok(mut last) = self.last_answer.lock() {
+            *last = Some(Instant::now());
+        }
         if let Ok(mut breaker) = self.breaker.lock() {
             if !matches!(*breaker, BreakerState::Closed { .. }) {
                 tracing::info!(node = %self.client.node(), "circuit closed");
+                metrics::counter!(crate::telemetry::CIRCUITS_CLOSED, "node" => self.client.node().to_string())
+                    .increment(1);
             }
             *breaker = BreakerState::Closed { failures: 0 };
         }
@@ -199,8 +274,7 @@ impl Routee {
         *breaker = match *breaker {
             BreakerState::Closed { failures } if failures + 1 >= self.policy.breaker_failures => {
                 tracing::warn!(node = %self.client.node(), failures = failures + 1, "circuit opened");
-                metrics::counter!("scoregrid_router_circuit_opened_total", "node" => self.client.node().to_string())
-                    .increment(1);
+                opened(self.client.node(), "transport");
                 open
             }
             BreakerState::Closed { failures } => BreakerState::Closed {
@@ -208,6 +282,32 @@ impl Routee {
             },
             BreakerState::HalfOpen { .. } | BreakerState::Open { .. } => open,
         };
+    }
+
+    /// A timeout: opens the circuit only when it extends a run of sustained lateness (see the
+    /// module docs), or when the circuit was half-open (the probe timed out).
+    fn count_timeout(&self) {
+        let sustained = self.late.lock().is_ok_and(|mut late| {
+            let now = Instant::now();
+            let (since, count) = late.get_or_insert((now, 0));
+            *count += 1;
+            *count >= self.policy.breaker_failures && now - *since >= self.policy.breaker_late
+        });
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return;
+        };
+        let open = BreakerState::Open {
+            until: Instant::now() + self.policy.breaker_open,
+        };
+        match *breaker {
+            BreakerState::Closed { .. } if sustained => {
+                tracing::warn!(node = %self.client.node(), late_ms = self.policy.breaker_late.as_millis() as u64, "circuit opened: no answer in time for that long");
+                opened(self.client.node(), "late");
+                *breaker = open;
+            }
+            BreakerState::Closed { .. } => {}
+            BreakerState::HalfOpen { .. } | BreakerState::Open { .. } => *breaker = open,
+        }
     }
 
     fn record_latency(&self, elapsed: Duration) {
@@ -239,6 +339,11 @@ impl Routee {
     }
 }
 
+fn opened(node: scoregrid_wire::NodeId, cause: &'static str) {
+    metrics::counter!(crate::telemetry::CIRCUITS_OPENED, "node" => node.to_string(), "cause" => cause)
+        .increment(1);
+}
+
 /// Held by a call while it runs: if the call is dropped before its outcome is recorded (a
 /// hedge answered first), its probe, if it was one, is handed back.
 pub struct CallGuard<'a> {
@@ -249,6 +354,7 @@ pub struct CallGuard<'a> {
 
 impl<'a> CallGuard<'a> {
     pub fn new(routee: &'a Routee) -> Self {
+        routee.earn_hedge();
         let probe = routee.claim();
         Self {
             routee,
@@ -294,8 +400,56 @@ mod tests {
                 breaker_open: open,
                 hedge_delay_min: Duration::from_millis(2),
                 hedge_delay_max: Duration::from_millis(50),
+                breaker_late: Duration::from_millis(60),
+                hedge_budget_percent: 5,
             },
         )
+    }
+
+    /// The defect this guards against: under overload healthy nodes time out now and then,
+    /// and five timeouts in a row opened their circuits (28 times in one run), turning
+    /// overload into partial answers.
+    #[test]
+    fn timeouts_open_the_circuit_only_when_lateness_is_sustained() {
+        let r = routee(Duration::from_secs(1));
+        let late = RpcError::Timeout(NodeId(1));
+        // A burst of timeouts, with answers in between: a saturated node.
+        for _ in 0..20 {
+            for _ in 0..5 {
+                r.record(Err(&late), Duration::ZERO);
+            }
+            r.record(Ok(()), Duration::from_millis(1));
+        }
+        assert!(r.available(), "a node that still answers keeps its circuit");
+        // Ten timeouts at once and nothing else: not yet (less than 60 ms of lateness).
+        for _ in 0..10 {
+            r.record(Err(&late), Duration::ZERO);
+        }
+        assert!(r.available(), "a burst alone does not open it");
+        std::thread::sleep(Duration::from_millis(70));
+        r.record(Err(&late), Duration::ZERO);
+        assert!(!r.available(), "open once no answer came for breaker_late");
+    }
+
+    #[test]
+    fn hedges_stay_within_their_share_of_calls() {
+        let r = routee(Duration::from_secs(1));
+        let mut hedges = 0;
+        for _ in 0..10_000 {
+            let started = Instant::now();
+            CallGuard::new(&r).record(Ok(()), Duration::from_millis(1));
+            if r.try_hedge(started) {
+                hedges += 1;
+            }
+        }
+        // 5% of 10,000 calls, plus the burst saved up at the start.
+        assert!(
+            (500..=500 + HEDGE_BURST).contains(&hedges),
+            "{hedges} hedges for 10,000 calls"
+        );
+        // A node that answered nothing since the call was made is failed over, budget or not.
+        let started = Instant::now();
+        assert!(r.try_hedge(started) && r.try_hedge(started));
     }
 
     #[test]

@@ -136,6 +136,8 @@ impl RouterState {
             breaker_open: Duration::from_millis(r.breaker_open_ms),
             hedge_delay_min: Duration::from_millis(r.hedge_delay_min_ms),
             hedge_delay_max: Duration::from_millis(r.hedge_delay_max_ms),
+            breaker_late: Duration::from_millis(r.breaker_late_ms),
+            hedge_budget_percent: r.hedge_budget_percent,
         }
     }
 }

@@ -22,6 +22,12 @@ pub const STALE_ANSWERS: &str = "scoregrid_recommend_stale_map_total";
 /// Requests answered at once because no replica of a needed partition could be called.
 pub const FAST_FAILURES: &str = "scoregrid_router_no_replica_total";
 
+/// Hedges not sent because the slow node's hedging budget was spent.
+pub const HEDGES_SKIPPED: &str = "scoregrid_router_hedges_skipped_total";
+/// Circuits opened, by node and cause (`transport`, `late`, `down_in_map`).
+pub const CIRCUITS_OPENED: &str = "scoregrid_router_circuit_opened_total";
+/// Circuits closed again by an answer.
+pub const CIRCUITS_CLOSED: &str = "scoregrid_router_circuit_closed_total";
 /// Client connections open now.
 pub const CONNECTIONS_OPEN: &str = "scoregrid_http_connections_open";
 /// Connections refused at accept, by the bound they hit (`connections_max`,
