@@ -103,6 +103,11 @@ async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: 
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
+        // Probes and scrapes take no slot: an overloaded router must still say it is alive,
+        // and show why it is overloaded.
+        Ok(request) if matches!(route, "/healthz" | "/readyz" | "/metrics") => {
+            next.run(request).await
+        }
         Ok(request) => match state.admission.enter().await {
             Ok(_slot) => next.run(request).await,
             Err(shed) => {
