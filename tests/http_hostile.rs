@@ -65,6 +65,28 @@ async fn closed_after(mut stream: TcpStream, bound: Duration) -> Option<Duration
     }
 }
 
+/// Every watcher ([`closed_after`]) saw its connection closed within `bound`.
+async fn assert_closed_within(
+    watchers: Vec<tokio::task::JoinHandle<Option<Duration>>>,
+    bound: Duration,
+    what: &str,
+) {
+    let total = watchers.len();
+    let mut late = Vec::new();
+    for watcher in watchers {
+        match watcher.await.expect("joins") {
+            Some(after) if after <= bound => {}
+            other => late.push(other),
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "{} of {total} {what} were not closed within {bound:?} (None: still open after 10 s): {:?}",
+        late.len(),
+        &late[..late.len().min(5)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_the_server_makes_has_the_json_body() {
     let mut config = Config::default();
@@ -143,19 +165,12 @@ async fn slowloris_connections_are_closed_on_time_while_a_client_is_served() {
         served += 1;
     }
     assert!(served > 0);
-    let mut late = Vec::new();
-    for watcher in watchers {
-        match watcher.await.expect("joins") {
-            Some(after) if after <= Duration::from_secs(4) => {}
-            other => late.push(other),
-        }
-    }
-    assert!(
-        late.is_empty(),
-        "{} of {attackers} stalled connections (and one idle one) were not closed within 4 s (header timeout 1 s): {:?}",
-        late.len(),
-        &late[..late.len().min(5)]
-    );
+    assert_closed_within(
+        watchers,
+        Duration::from_secs(4),
+        "stalled connections (and one idle one; header timeout 1 s)",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,19 +212,12 @@ async fn stalled_bodies_hold_no_slot() {
         "the normal client got {statuses:?} while {attackers} bodies stalled"
     );
     // Body deadline: 1.5 s plus 1000 bytes at 64 KiB/s.
-    let mut late = Vec::new();
-    for watcher in watchers {
-        match watcher.await.expect("joins") {
-            Some(after) if after <= Duration::from_secs(5) => {}
-            other => late.push(other),
-        }
-    }
-    assert!(
-        late.is_empty(),
-        "{} of {attackers} stalled bodies were not closed within 5 s (body deadline 1.5 s): {:?}",
-        late.len(),
-        &late[..late.len().min(5)]
-    );
+    assert_closed_within(
+        watchers,
+        Duration::from_secs(5),
+        "stalled bodies (body deadline 1.5 s)",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
