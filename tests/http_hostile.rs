@@ -65,7 +65,15 @@ async fn closed_after(mut stream: TcpStream, bound: Duration) -> Option<Duration
     }
 }
 
-/// Every watcher ([`closed_after`]) saw its connection closed within `bound`.
+/// Watches each of `streams` until the router closes it (at most 10 s), in the background.
+fn watch(streams: Vec<TcpStream>) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
+    streams
+        .into_iter()
+        .map(|s| tokio::spawn(closed_after(s, Duration::from_secs(10))))
+        .collect()
+}
+
+/// Every watcher ([`watch`]) saw its connection closed within `bound`.
 async fn assert_closed_within(
     watchers: Vec<tokio::task::JoinHandle<Option<Duration>>>,
     bound: Duration,
@@ -153,10 +161,7 @@ async fn slowloris_connections_are_closed_on_time_while_a_client_is_served() {
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200 "));
     streams.push(idle);
     let opened = Instant::now();
-    let watchers: Vec<_> = streams
-        .into_iter()
-        .map(|s| tokio::spawn(closed_after(s, Duration::from_secs(10))))
-        .collect();
+    let watchers = watch(streams);
     // A well-behaved client meanwhile.
     let mut served = 0;
     while opened.elapsed() < Duration::from_millis(800) {
@@ -192,10 +197,7 @@ async fn stalled_bodies_hold_no_slot() {
         streams.push(stream);
     }
     let opened = Instant::now();
-    let watchers: Vec<_> = streams
-        .into_iter()
-        .map(|s| tokio::spawn(closed_after(s, Duration::from_secs(10))))
-        .collect();
+    let watchers = watch(streams);
     let mut statuses = Vec::new();
     while opened.elapsed() < Duration::from_millis(1_200) {
         let (status, _) = http(
@@ -251,16 +253,15 @@ async fn connections_beyond_the_per_client_bound_are_refused_with_json() {
     );
     // Closing one gives the first client its place back.
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, _) = http(addr, "GET", "/healthz", None).await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still refused after a connection closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(
+        "a place given back after a connection closed",
+        Duration::from_secs(5),
+        || async {
+            match http(addr, "GET", "/healthz", None).await {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        },
+    )
+    .await;
 }

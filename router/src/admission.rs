@@ -46,11 +46,6 @@ impl Admission {
         }
     }
 
-    /// The longest a request waits for a slot.
-    pub fn wait_max(&self) -> Duration {
-        self.wait_max
-    }
-
     /// A slot for one request, held until the permit is dropped; or why there is none.
     pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Shed> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -100,10 +95,8 @@ impl Drop for Leave<'_> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_request_waits_for_a_slot_then_gets_it() {
-        let admission = Arc::new(Admission::new(1, 4, Duration::from_secs(5)));
-        let first = admission.enter().await.expect("a free slot");
+    /// A request that waits in `admission`'s queue, once it is there.
+    async fn queued(admission: &Arc<Admission>) -> tokio::task::JoinHandle<Result<(), Shed>> {
         let waiter = tokio::spawn({
             let admission = admission.clone();
             async move { admission.enter().await.map(drop) }
@@ -111,6 +104,14 @@ mod tests {
         while admission.waiting() == 0 {
             tokio::task::yield_now().await;
         }
+        waiter
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_slot_then_gets_it() {
+        let admission = Arc::new(Admission::new(1, 4, Duration::from_secs(5)));
+        let first = admission.enter().await.expect("a free slot");
+        let waiter = queued(&admission).await;
         drop(first);
         assert_eq!(waiter.await.expect("joins"), Ok(()));
         assert_eq!(admission.waiting(), 0);
@@ -120,13 +121,7 @@ mod tests {
     async fn beyond_the_queue_a_request_is_shed_at_once() {
         let admission = Arc::new(Admission::new(1, 1, Duration::from_secs(30)));
         let _held = admission.enter().await.expect("a free slot");
-        let waiter = tokio::spawn({
-            let admission = admission.clone();
-            async move { admission.enter().await.map(drop) }
-        });
-        while admission.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = queued(&admission).await;
         let started = Instant::now();
         assert_eq!(admission.enter().await.map(drop), Err(Shed::QueueFull));
         assert!(started.elapsed() < Duration::from_secs(1), "shed at once");

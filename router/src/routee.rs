@@ -67,6 +67,14 @@ pub struct RouteePolicy {
     pub hedge_budget_percent: u32,
 }
 
+#[derive(Default)]
+struct Lateness {
+    /// The current run of timeouts with no answer in between: when it began, how long it is.
+    run: Option<(Instant, u32)>,
+    /// When the node last answered (in time, whatever the answer).
+    last_answer: Option<Instant>,
+}
+
 struct Latencies {
     samples: [u32; LATENCY_WINDOW],
     recorded: usize,
@@ -82,10 +90,8 @@ pub struct Routee {
     latencies: Mutex<Latencies>,
     /// p95 of the latency window in microseconds; 0 until enough samples.
     p95_us: AtomicU64,
-    /// The current run of timeouts with no answer in between: when it began, how long it is.
-    late: Mutex<Option<(Instant, u32)>>,
-    /// When the node last answered (in time, whatever the answer).
-    last_answer: Mutex<Option<Instant>>,
+    /// Its recent answers and timeouts; one lock, taken once per call outcome.
+    lateness: Mutex<Lateness>,
     /// The hedging budget, in thousandths of a hedge.
     hedge_tokens: AtomicU64,
 }
@@ -111,8 +117,7 @@ impl Routee {
                 recorded: 0,
             }),
             p95_us: AtomicU64::new(0),
-            late: Mutex::new(None),
-            last_answer: Mutex::new(None),
+            lateness: Mutex::default(),
             hedge_tokens: AtomicU64::new(HEDGE_BURST * HEDGE_COST),
         }
     }
@@ -132,9 +137,9 @@ impl Routee {
     /// slow: the hedge is failover and costs no budget. Otherwise it is spent from the budget.
     pub fn try_hedge(&self, call_started: Instant) -> bool {
         if self
-            .last_answer
+            .lateness
             .lock()
-            .map_or(true, |last| last.is_none_or(|at| at < call_started))
+            .map_or(true, |l| l.last_answer.is_none_or(|at| at < call_started))
         {
             return true;
         }
@@ -248,11 +253,9 @@ impl Routee {
 
     /// The node answered (in time): the circuit closes and a run of lateness ends.
     fn answered(&self) {
-        if let Ok(mut late) = self.late.lock() {
-            *late = None;
-        }
-        if let Ok(mut last) = self.last_answer.lock() {
-            *last = Some(Instant::now());
+        if let Ok(mut lateness) = self.lateness.lock() {
+            lateness.run = None;
+            lateness.last_answer = Some(Instant::now());
         }
         if let Ok(mut breaker) = self.breaker.lock() {
             if !matches!(*breaker, BreakerState::Closed { .. }) {
@@ -287,9 +290,9 @@ impl Routee {
     /// A timeout: opens the circuit only when it extends a run of sustained lateness (see the
     /// module docs), or when the circuit was half-open (the probe timed out).
     fn count_timeout(&self) {
-        let sustained = self.late.lock().is_ok_and(|mut late| {
+        let sustained = self.lateness.lock().is_ok_and(|mut lateness| {
             let now = Instant::now();
-            let (since, count) = late.get_or_insert((now, 0));
+            let (since, count) = lateness.run.get_or_insert((now, 0));
             *count += 1;
             *count >= self.policy.breaker_failures && now - *since >= self.policy.breaker_late
         });
