@@ -33,8 +33,13 @@ pub(crate) struct Connection {
 pub(crate) enum Outcome {
     /// A full response was read. `reusable` is false when the server announced
     /// `Connection: close` or closed the connection right after it: the connection is replaced
-    /// without counting an error.
-    Response { status: u16, reusable: bool },
+    /// without counting an error. `partial` is true when the body names a `"degraded"` reason
+    /// (contract section 3: an answer that lacks some segments says why).
+    Response {
+        status: u16,
+        reusable: bool,
+        partial: bool,
+    },
     /// The connection failed or closed before the full response arrived; it is replaced.
     Transport,
     /// The deadline passed first; the connection is in an unknown state and is replaced.
@@ -100,10 +105,17 @@ impl Connection {
                 let status = response.status().as_u16();
                 let reusable = !announces_close(response.headers());
                 let mut body = response.into_body();
+                let mut degraded = DegradedScan::default();
                 while let Some(frame) = body.frame().await {
-                    frame?;
+                    if let Some(data) = frame?.data_ref() {
+                        degraded.feed(data);
+                    }
                 }
-                Ok::<_, hyper::Error>(Outcome::Response { status, reusable })
+                Ok::<_, hyper::Error>(Outcome::Response {
+                    status,
+                    reusable,
+                    partial: degraded.found,
+                })
             });
             tokio::select! {
                 biased;
@@ -132,6 +144,53 @@ impl Connection {
     }
 }
 
+/// The key a partial answer carries in its `coverage` (and which a full answer omits).
+const DEGRADED_KEY: &[u8] = b"\"degraded\"";
+
+/// Looks for [`DEGRADED_KEY`] in a body that arrives in frames, also across a frame boundary,
+/// without copying the body: only the last `DEGRADED_KEY.len() - 1` bytes of a frame are kept.
+#[derive(Default)]
+struct DegradedScan {
+    carry: [u8; DEGRADED_KEY.len() - 1],
+    carried: usize,
+    found: bool,
+}
+
+impl DegradedScan {
+    fn feed(&mut self, data: &[u8]) {
+        if self.found {
+            return;
+        }
+        // The key straddling the boundary: carried bytes, then the head of this frame.
+        let head = &data[..data.len().min(DEGRADED_KEY.len() - 1)];
+        let mut joined = [0u8; 2 * (DEGRADED_KEY.len() - 1)];
+        joined[..self.carried].copy_from_slice(&self.carry[..self.carried]);
+        joined[self.carried..self.carried + head.len()].copy_from_slice(head);
+        self.found = contains(&joined[..self.carried + head.len()], DEGRADED_KEY)
+            || contains(data, DEGRADED_KEY);
+        let kept = data.len().min(self.carry.len());
+        if kept == self.carry.len() {
+            self.carry.copy_from_slice(&data[data.len() - kept..]);
+            self.carried = kept;
+        } else {
+            // A frame shorter than the carry: append it, keeping the newest bytes.
+            let mut tail = [0u8; 2 * (DEGRADED_KEY.len() - 1)];
+            tail[..self.carried].copy_from_slice(&self.carry[..self.carried]);
+            tail[self.carried..self.carried + kept].copy_from_slice(data);
+            let total = self.carried + kept;
+            let keep = total.min(self.carry.len());
+            self.carry[..keep].copy_from_slice(&tail[total - keep..total]);
+            self.carried = keep;
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
 fn announces_close(headers: &HeaderMap) -> bool {
     headers.get_all(CONNECTION).iter().any(|value| {
         value.to_str().is_ok_and(|text| {
@@ -155,5 +214,37 @@ mod tests {
         assert!(!announces_close(&headers));
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade, Close"));
         assert!(announces_close(&headers));
+    }
+
+    /// The degraded key is found whole in a frame and split at every point over two or three
+    /// frames, and not found in a full answer.
+    #[test]
+    fn degraded_key_is_found_across_frames() {
+        let partial =
+            br#"{"items":[],"coverage":{"segments":4,"answered":3,"degraded":["timeout"]}}"#;
+        let full = br#"{"items":[],"coverage":{"segments":4,"answered":4},"degraded_not":1}"#;
+        let scan = |frames: &[&[u8]]| {
+            let mut scan = DegradedScan::default();
+            for frame in frames {
+                scan.feed(frame);
+            }
+            scan.found
+        };
+        assert!(scan(&[partial]));
+        assert!(!scan(&[full]));
+        for cut in 0..=partial.len() {
+            let (left, right) = partial.split_at(cut);
+            assert!(scan(&[left, right]), "split at {cut}");
+            for second in cut..=partial.len() {
+                let (middle, last) = right.split_at(second - cut);
+                assert!(scan(&[left, middle, last]), "split at {cut} and {second}");
+            }
+        }
+        for frame_len in 1..8 {
+            let frames: Vec<&[u8]> = partial.chunks(frame_len).collect();
+            assert!(scan(&frames), "frames of {frame_len}");
+            let frames: Vec<&[u8]> = full.chunks(frame_len).collect();
+            assert!(!scan(&frames), "full answer in frames of {frame_len}");
+        }
     }
 }

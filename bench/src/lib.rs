@@ -17,7 +17,14 @@
 //! A request that gets no response (the connection broke: it is reopened) is a transport error;
 //! one that gets none within the timeout is a timeout. Neither has a latency.
 //!
-//! Caveat, *coordinated omission*: in a closed loop a slow response also delays the requests
+//! With a `rate`, [`run`] runs an *open loop* instead: requests leave on a fixed schedule, each
+//! on an idle connection, and new connections are opened as the schedule needs them, up to
+//! `connections`; a request due while all of them are busy is counted as `unsent`. Latency
+//! counts from the scheduled time, and the report keeps the latency of the 200 answers apart
+//! (`ok_latency`), so that under overload the cost of an admitted request is not averaged with
+//! quick refusals. Bodies of 200 answers are scanned for a `degraded` reason (`partial`).
+//!
+//! Caveat for the closed loop, *coordinated omission*: in a closed loop a slow response also delays the requests
 //! that would have been sent meanwhile, so a stall of the server is recorded as one slow
 //! request instead of the many that an open stream of users would have seen. The percentiles
 //! here are therefore the latency of a client that waits its turn, and understate the tail
@@ -34,6 +41,7 @@
 //! - [`url`]: [`BaseUrl`], the parsed `http://host:port` of the server.
 //! - `runner`: [`run`], which opens the connections, starts the workers and merges their counts.
 //! - `worker`: the closed loop of one connection, the warm-up and measured phases, reconnects.
+//! - `open_loop`: the open loop, its schedule and its pool of connections.
 //! - `connection`: one keep-alive HTTP/1.1 connection and one exchange under a deadline.
 //! - `request`: the per-connection request source and its random stream.
 //! - [`report`]: what was counted, and [`BenchReport`] as a table or JSON.
@@ -41,6 +49,7 @@
 
 mod connection;
 pub mod error;
+mod open_loop;
 pub mod options;
 pub mod report;
 mod request;

@@ -71,8 +71,9 @@ pub struct BenchOptions {
     pub url: String,
     /// The endpoint to load.
     pub target: Target,
-    /// Keep-alive connections, each running one request at a time (closed loop): this is the
-    /// number of requests in flight. 1..=[`CONNECTIONS_MAX`].
+    /// Closed loop: keep-alive connections, each running one request at a time: this is the
+    /// number of requests in flight. Open loop: the most connections open at once.
+    /// 1..=[`CONNECTIONS_MAX`].
     pub connections: usize,
     /// How long requests are measured, after the warm-up. 0 < duration <= [`PHASE_DURATION_MAX`].
     pub duration: Duration,
@@ -92,11 +93,10 @@ pub struct BenchOptions {
     /// counted as a timeout and its connection replaced. Also bounds each connection attempt.
     /// [`TIMEOUT_MIN`]..=[`TIMEOUT_MAX`].
     pub timeout: Duration,
-    /// Open loop: requests per second over all connections, sent on a fixed schedule whatever
-    /// the answers take (each connection sends its share at even intervals; one that falls
-    /// behind sends at once). Latency counts from the scheduled time, so a server that stalls
-    /// shows it instead of slowing the generator down (no coordinated omission). `None`: closed
-    /// loop. 0 < rate <= [`RATE_MAX`].
+    /// Open loop: requests per second, sent on a fixed schedule whatever the answers take, each
+    /// on an idle connection; `connections` is then the most connections opened. Latency counts
+    /// from the scheduled time, so a server that stalls shows it instead of slowing the
+    /// generator down (no coordinated omission). `None`: closed loop. 0 < rate <= [`RATE_MAX`].
     pub rate: Option<f64>,
 }
 

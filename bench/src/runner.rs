@@ -1,8 +1,10 @@
-//! [`run`]: validate the options, open every connection, start one [`Worker`] task per
-//! connection, and merge what they measured into a [`BenchReport`].
+//! [`run`]: validate the options; for a closed loop, open every connection, start one [`Worker`]
+//! task per connection, and merge what they measured into a [`BenchReport`]; for an open loop,
+//! open one connection and hand it to [`OpenLoop`], which opens the others as its schedule needs.
 
 use crate::connection::{self, Connection};
 use crate::error::BenchError;
+use crate::open_loop::OpenLoop;
 use crate::options::BenchOptions;
 use crate::report::{BenchReport, Tally};
 use crate::request::RequestSource;
@@ -18,10 +20,12 @@ use tokio::time::Instant;
 
 /// Runs one benchmark as `options` describe and reports what it measured.
 ///
-/// Opens `options.connections` keep-alive connections first; then every connection runs its
-/// closed loop through `options.warmup` (not recorded) and `options.duration` (recorded). Must
-/// be called within a tokio runtime; the connection tasks are spread over its worker threads, so
-/// a multi-threaded runtime is what lets the generator use more than one core.
+/// Closed loop: opens `options.connections` keep-alive connections first; then every connection
+/// runs its loop through `options.warmup` (not recorded) and `options.duration` (recorded).
+/// Open loop (`options.rate`): opens one connection first, then sends on the schedule through
+/// both phases, opening up to `options.connections` as needed. Must be called within a tokio
+/// runtime; the tasks are spread over its worker threads, so a multi-threaded runtime is what
+/// lets the generator use more than one core.
 ///
 /// If the returned future is dropped, the connection tasks are aborted.
 ///
@@ -39,8 +43,11 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
         url: options.url.clone(),
         reason: "the authority is not a valid Host header",
     })?;
-    let (address, connections) =
-        open_connections(&base, options.connections, options.timeout).await?;
+    let opened_first = match options.rate {
+        Some(_) => 1,
+        None => options.connections,
+    };
+    let (address, first, others) = open_connections(&base, opened_first, options.timeout).await?;
 
     let keys = Arc::new(options.keys);
     let start = Instant::now();
@@ -48,17 +55,32 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
         measure_start: start + options.warmup,
         measure_end: start + options.warmup + options.duration,
     };
-    let mut workers = Workers(Vec::with_capacity(connections.len()));
-    let count = connections.len();
-    for (index, connection) in connections.into_iter().enumerate() {
-        // Each connection sends rate / count per second; their schedules are staggered evenly.
-        let schedule = options.rate.map(|rate| {
-            let interval = Duration::from_secs_f64(count as f64 / rate);
-            (
-                interval,
-                start + interval.mul_f64(index as f64 / count as f64),
-            )
-        });
+    if let Some(rate) = options.rate {
+        let open_loop = OpenLoop {
+            address,
+            timeout: options.timeout,
+            rate,
+            connections_max: options.connections,
+            source: RequestSource::new(options.target, keys, options.limit, options.seed, 0, host),
+            phases,
+        };
+        let measured = open_loop.run(first, start).await?;
+        let elapsed = measured
+            .finished
+            .saturating_duration_since(phases.measure_start);
+        let mut report = BenchReport::from_tally(
+            options.target,
+            options.connections,
+            &measured.tally,
+            elapsed,
+        );
+        report.rate = Some(rate);
+        report.connections_peak = measured.connections_peak;
+        return Ok(report);
+    }
+
+    let mut workers = Workers(Vec::with_capacity(options.connections));
+    for (index, connection) in std::iter::once(first).chain(others).enumerate() {
         let worker = Worker {
             address,
             timeout: options.timeout,
@@ -71,7 +93,6 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
                 host.clone(),
             ),
             phases,
-            schedule,
         };
         workers.0.push(tokio::spawn(worker.run(connection)));
     }
@@ -107,12 +128,13 @@ impl Drop for Workers {
 }
 
 /// Resolves the host, finds the first of its addresses that accepts a connection, and opens
-/// `count` connections to it, concurrently.
+/// `count` connections to it (at least one), concurrently: the address, the first connection
+/// and the others.
 async fn open_connections(
     base: &BaseUrl,
     count: usize,
     timeout: Duration,
-) -> Result<(SocketAddr, Vec<Connection>), BenchError> {
+) -> Result<(SocketAddr, Connection, Vec<Connection>), BenchError> {
     let resolve_error = |source| BenchError::Resolve {
         host: base.host.clone(),
         source,
@@ -138,8 +160,7 @@ async fn open_connections(
         return Err(last_error);
     };
 
-    let mut connections = Vec::with_capacity(count);
-    connections.push(first);
+    let mut connections = Vec::with_capacity(count.saturating_sub(1));
     // Dropping the set on an error aborts the attempts still under way.
     let mut attempts = JoinSet::new();
     for _ in 1..count {
@@ -147,11 +168,11 @@ async fn open_connections(
     }
     while let Some(attempt) = attempts.join_next().await {
         let connection = attempt.map_err(|error| BenchError::Task {
-            connection: connections.len(),
+            connection: connections.len() + 1,
             reason: error.to_string(),
         })??;
         connections.push(connection);
     }
-    debug_assert_eq!(connections.len(), count);
-    Ok((address, connections))
+    debug_assert_eq!(connections.len() + 1, count.max(1));
+    Ok((address, first, connections))
 }

@@ -1,8 +1,8 @@
-//! The loop of one connection: send a request, read the whole response, record it, send the
-//! next (closed loop), or wait for the next scheduled time first (open loop); replace the
-//! connection when it fails. Nothing is recorded during the warm-up.
+//! The closed loop of one connection: send a request, read the whole response, record it, send
+//! the next; replace the connection when it fails. Nothing is recorded during the warm-up.
+//! (The open loop, which does not wait for answers, is `open_loop`.)
 
-use crate::connection::{self, Connection, Outcome};
+use crate::connection::{self, Connection};
 use crate::error::BenchError;
 use crate::report::Tally;
 use crate::request::RequestSource;
@@ -32,8 +32,6 @@ pub(crate) struct Worker {
     pub(crate) timeout: Duration,
     pub(crate) source: RequestSource,
     pub(crate) phases: Phases,
-    /// Open loop: the time between two scheduled requests of this connection, and the first.
-    pub(crate) schedule: Option<(Duration, Instant)>,
 }
 
 impl Worker {
@@ -57,14 +55,7 @@ impl Worker {
         let mut connection = Some(connection);
         // One timer for every request of this connection, reset before each one.
         let mut deadline = pin!(tokio::time::sleep(self.timeout));
-        let mut next_at = self.schedule.map(|(_, first)| first);
         loop {
-            if let Some(at) = next_at {
-                if at >= measure_end {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-            }
             let now = Instant::now();
             if now >= measure_end {
                 break;
@@ -84,14 +75,7 @@ impl Worker {
                 },
             };
             let request = self.source.next_request()?;
-            // Open loop: the request was due at its scheduled time, whenever it leaves.
-            let sent_at = next_at.unwrap_or_else(Instant::now);
-            if sent_at >= measure_end {
-                break;
-            }
-            if let (Some(at), Some((interval, _))) = (next_at.as_mut(), self.schedule) {
-                *at += interval;
-            }
+            let sent_at = Instant::now();
             deadline.as_mut().reset(Instant::now() + self.timeout);
             let (outcome, reusable) = current.exchange(request, deadline.as_mut()).await;
             let latency = sent_at.elapsed();
@@ -99,11 +83,7 @@ impl Worker {
             if sent_at < measure_start {
                 continue;
             }
-            match outcome {
-                Outcome::Response { status, .. } => tally.record_response(status, latency),
-                Outcome::Transport => tally.transport_errors += 1,
-                Outcome::Timeout => tally.timeouts += 1,
-            }
+            tally.record(outcome, latency);
         }
         Ok(tally)
     }

@@ -216,10 +216,10 @@ async fn bench(options: BenchOptions) -> BenchReport {
 
 fn assert_percentiles_ordered(report: &BenchReport) {
     assert!(
-        report.p50_us <= report.p90_us
-            && report.p90_us <= report.p99_us
-            && report.p99_us <= report.p999_us
-            && report.p999_us <= report.max_us,
+        report.latency.p50_us <= report.latency.p90_us
+            && report.latency.p90_us <= report.latency.p99_us
+            && report.latency.p99_us <= report.latency.p999_us
+            && report.latency.p999_us <= report.latency.max_us,
         "percentiles out of order:\n{report}"
     );
     assert!(report.percentiles_ordered());
@@ -282,6 +282,32 @@ async fn the_open_loop_keeps_its_rate() {
     assert!(sent <= 302, "{sent} requests for 300 per second over 1 s");
     assert!(sent >= 150, "{sent} requests: the schedule was not kept");
     assert!(report.errors_by_status.is_empty(), "{report}");
+    assert_eq!(report.unsent, 0, "{report}");
+    assert_eq!(report.ok_responses(), report.requests);
+    assert_eq!(report.ok_latency.max_us, report.latency.max_us);
+}
+
+/// Proves that the open loop opens connections as its schedule needs them, stops at its bound
+/// and counts what it could not send, instead of queueing: a server that never answers, 200
+/// requests per second for 500 ms, at most 3 connections and a 2 s timeout. The first 3
+/// requests each open (or reuse) a connection and time out; the other ~97 are unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_counts_what_it_cannot_send() {
+    let (address, counts) = start_server(Behaviour::Silent).await;
+    let mut options = options(address, Target::Healthz, Duration::from_millis(500));
+    options.keys = RequestKeys::default();
+    options.connections = 3;
+    options.rate = Some(200.0);
+    options.timeout = Duration::from_secs(2);
+    let report = bench(options).await;
+    eprintln!("{report}\n{}", report.to_json());
+
+    assert_eq!(report.requests, 0, "{report}");
+    assert_eq!(report.timeouts, 3, "{report}");
+    assert_eq!(report.connections_peak, 3, "{report}");
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(report.timeouts + report.unsent, 100, "{report}");
+    assert_eq!(report.rate, Some(200.0));
 }
 
 /// Proves that the warm-up is not recorded and healthz needs no keys: 2 connections, 300 ms of
@@ -372,7 +398,10 @@ async fn silent_server_times_out() {
     assert!((3..=4).contains(&report.timeouts), "{report}");
     assert_eq!(report.transport_errors, 0);
     assert_eq!(counts.connections.load(Ordering::SeqCst), report.timeouts);
-    assert_eq!((report.p50_us, report.max_us, report.rps), (0, 0, 0.0));
+    assert_eq!(
+        (report.latency.p50_us, report.latency.max_us, report.rps),
+        (0, 0, 0.0)
+    );
 }
 
 /// Proves that an unreachable server fails the run before it starts, with the address named,

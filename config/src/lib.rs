@@ -164,6 +164,11 @@ impl Config {
                 self.http.header_read_timeout_ms,
             ),
             ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            ("http.queue_standing_ms", self.http.queue_standing_ms),
+            (
+                "http.queue_wait_overloaded_ms",
+                self.http.queue_wait_overloaded_ms,
+            ),
             (
                 "http.body_min_bytes_per_second",
                 self.http.body_min_bytes_per_second,

@@ -13,7 +13,10 @@ pub struct HttpConfig {
     /// Largest request body accepted (`POST /v1/score`); larger bodies get 413.
     pub request_body_bytes_max: usize,
     /// Requests served at once (scattered to the nodes); a request beyond it waits in the
-    /// admission queue.
+    /// admission queue. About the throughput the cluster sustains times its unloaded latency,
+    /// times 2 to 4: more only moves the queue from the router, where it is bounded and shed, to
+    /// the nodes, where every request waits in it (BENCHMARKS.md 3d: 4,096 slots answered an
+    /// overloaded 3-node cluster's requests in about a second; 64 in a tenth of that).
     pub requests_in_flight_max: usize,
     /// Requests that may wait for a slot; one beyond it is answered 503 `overloaded` at once.
     pub queue_max: usize,
@@ -21,6 +24,12 @@ pub struct HttpConfig {
     /// a quarter of `router.request_deadline_ms`, so that an admitted request keeps most of its
     /// deadline for the nodes.
     pub queue_wait_ms: u64,
+    /// A queue that has not been empty for this long is a standing queue: arrivals exceed what
+    /// the slots serve, and a request then waits at most `queue_wait_overloaded_ms`.
+    pub queue_standing_ms: u64,
+    /// The wait bound in a standing queue: short, so that under sustained overload admitted
+    /// requests keep their latency and the excess is shed at once.
+    pub queue_wait_overloaded_ms: u64,
     /// Time to receive a request's head, counted from when the router starts waiting for one:
     /// on a new connection and again after each answer on a kept-alive one, so it is also how
     /// long an idle kept-alive connection stays open. The connection is then closed.
@@ -41,9 +50,11 @@ impl Default for HttpConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_body_bytes_max: 1 << 20,
-            requests_in_flight_max: 4096,
+            requests_in_flight_max: 64,
             queue_max: 1024,
             queue_wait_ms: 0,
+            queue_standing_ms: 100,
+            queue_wait_overloaded_ms: 5,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 5_000,
             body_min_bytes_per_second: 64 * 1024,

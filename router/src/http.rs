@@ -111,10 +111,13 @@ async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: 
         Ok(request) => match state.admission.enter().await {
             Ok(_slot) => next.run(request).await,
             Err(shed) => {
+                state.admission.log_shed(&request_id, route, shed);
                 let mut response = ApiError::overloaded(shed.label()).into_response();
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                // Logged above, at most once a second.
+                response.extensions_mut().insert(ShedLogged);
                 response
             }
         },
@@ -128,7 +131,9 @@ async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: 
         .increment(1);
     metrics::histogram!(telemetry::HTTP_DURATION, "route" => route)
         .record(started.elapsed().as_secs_f64());
-    if status.is_client_error() || status.is_server_error() {
+    if (status.is_client_error() || status.is_server_error())
+        && response.extensions().get::<ShedLogged>().is_none()
+    {
         let message = response
             .extensions()
             .get::<ApiError>()
@@ -142,6 +147,10 @@ async fn observe(State(state): State<Arc<RouterState>>, request: Request, next: 
     }
     response
 }
+
+/// Marks a shed request's answer, whose log line `Admission::log_shed` wrote (or left out).
+#[derive(Clone, Copy)]
+struct ShedLogged;
 
 /// Distinguishes request ids of two router processes started at the same time.
 fn process_salt() -> u64 {

@@ -29,6 +29,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod listener;
+mod memory;
 pub mod params;
 mod replicas;
 pub mod routee;

@@ -7,6 +7,7 @@
 //! spawned for it, so a flood of connections costs the router little more than the accepts.
 
 use crate::bare_errors::JsonErrors;
+use crate::memory::{HeapTrim, trim_heap};
 use crate::state::RouterState;
 use crate::telemetry;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -95,15 +96,23 @@ pub async fn serve(
     let header_read_timeout = Duration::from_millis(http.header_read_timeout_ms);
     // Histogram samples wait in the recorder until drained: drain them on a timer so that their
     // memory is bounded by one interval's requests, whether or not anyone scrapes /metrics.
-    let upkeep = state.prometheus.clone().map(|handle| {
+    // The same timer gives the heap back once load has fallen (`memory.rs`).
+    let upkeep = {
+        let (handle, state) = (state.prometheus.clone(), state.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
+            let mut heap = HeapTrim::default();
             loop {
                 tick.tick().await;
-                handle.run_upkeep();
+                if let Some(handle) = &handle {
+                    handle.run_upkeep();
+                }
+                if heap.tick(state.admission.entered()) {
+                    trim_heap();
+                }
             }
         })
-    });
+    };
     let service = TowerToHyperService::new(crate::http::app(state.clone()));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -158,9 +167,7 @@ pub async fn serve(
             DRAIN_MAX.as_secs()
         );
     }
-    if let Some(task) = upkeep {
-        task.abort();
-    }
+    upkeep.abort();
     Ok(())
 }
 

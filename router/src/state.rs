@@ -2,7 +2,7 @@
 //! each retained model version's directory, a client per node). A request loads the view once
 //! and uses that snapshot throughout, so a map change never mixes two views in one answer.
 
-use crate::admission::Admission;
+use crate::admission::{Admission, AdmissionBounds};
 use crate::routee::{Routee, RouteePolicy};
 use arc_swap::ArcSwapOption;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -105,7 +105,13 @@ impl RouterState {
             0 => Duration::from_millis(config.router.request_deadline_ms / 4),
             ms => Duration::from_millis(ms),
         };
-        let admission = Admission::new(http.requests_in_flight_max, http.queue_max, queue_wait);
+        let admission = Admission::new(AdmissionBounds {
+            slots: http.requests_in_flight_max,
+            queue_max: http.queue_max,
+            wait: queue_wait,
+            standing: Duration::from_millis(http.queue_standing_ms),
+            wait_overloaded: Duration::from_millis(http.queue_wait_overloaded_ms),
+        });
         Self {
             config,
             view: ArcSwapOption::empty(),

@@ -43,6 +43,12 @@ pub const REQUESTS_SHED: &str = "scoregrid_http_requests_shed_total";
 pub const QUEUE_DEPTH: &str = "scoregrid_http_queue_depth";
 /// How long queued requests waited for a slot (or until they were shed).
 pub const QUEUE_WAIT: &str = "scoregrid_http_queue_wait_seconds";
+/// 1 while the admission queue is a standing queue (not empty for `http.queue_standing_ms`),
+/// when requests wait at most `http.queue_wait_overloaded_ms`; else 0.
+pub const QUEUE_STANDING: &str = "scoregrid_http_queue_standing";
+
+/// Times the router gave free heap memory back to the kernel after load fell (`memory.rs`).
+pub const HEAP_TRIMS: &str = "scoregrid_router_heap_trims_total";
 
 /// How often histogram samples are folded into their buckets. At 30,000 requests/s and four
 /// samples per request, one interval holds at most ~5 MB of samples.

@@ -733,3 +733,68 @@ async fn the_service_sees_who_calls_and_both_sides_learn_the_epochs() {
     let _ = stop.send(());
     let _ = timeout(Duration::from_secs(5), task).await;
 }
+
+/// Proves a call that times out before any packet was due does not close the connection (the
+/// defect: under overload the router's short-deadline calls closed connections that other calls
+/// were using, and those failed as if the node were gone). One stream: a `Status` call holds it
+/// for 600 ms, and a call with a 50 ms deadline sent 200 ms later waits for it and times out; the slow call still
+/// gets its answer on the same connection, and a later call needs no new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_call_timing_out_keeps_the_connection_for_the_others() {
+    let ca = ca("test");
+    let config = TransportConfig {
+        streams_max: 1,
+        ..test_config()
+    };
+    let service = Arc::new(EchoService {
+        control_delay: Some(Duration::from_millis(600)),
+        ..EchoService::default()
+    });
+    let server = start_server(
+        localhost(),
+        &identity(&ca, "n1"),
+        N1,
+        config.clone(),
+        service.clone(),
+    );
+    let client = Arc::new(quic_client(
+        N1,
+        server.addr,
+        &identity(&ca, "router"),
+        config,
+    ));
+    client.call(fetch(0)).await.expect("warm-up call");
+
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Request::Status).await }
+    });
+    // The slow call holds the stream once the service has it.
+    let started = Instant::now();
+    while service.calls() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the slow call never arrived"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Let the acknowledgements of the slow call's request arrive, so that the peer is quiet
+    // (as a saturated one is) while the short call waits: this sleep is the quiet time itself.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+    let short = client.call_until(fetch(1), Some(deadline)).await;
+    assert!(matches!(short, Err(RpcError::Timeout(N1))), "{short:?}");
+
+    let slow = timeout(Duration::from_secs(5), slow)
+        .await
+        .expect("the slow call ends")
+        .expect("task does not panic");
+    assert_eq!(
+        slow,
+        Ok(Response::Done),
+        "the slow call lost its connection"
+    );
+    let response = client.call(fetch(2)).await.expect("a later call succeeds");
+    assert_eq!(echoed(&response), Some(2));
+    server.stop().await;
+}

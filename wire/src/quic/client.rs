@@ -283,6 +283,7 @@ impl ClientInner {
             .map_err(|error| self.transport(format!("request not sent: {error}")))?;
         let connection = self.connection().await?;
         let received_before = connection.stats().udp_rx.datagrams;
+        let started = Instant::now();
         let exchange = self.exchange(&connection, &frame);
         let outcome = match deadline {
             Some(at) => {
@@ -297,11 +298,18 @@ impl ClientInner {
         match outcome {
             Ok(result) => result,
             Err(_) => {
-                // Not even an acknowledgement of the request came back (a live peer acknowledges
-                // within milliseconds): the peer is gone, though the connection will only notice
-                // at its idle timeout. Drop it, so that the next call connects afresh (to a
-                // restarted process, say) instead of waiting on a dead one.
-                if connection.stats().udp_rx.datagrams == received_before {
+                // Not a single packet from the peer for a whole keep-alive interval (a live
+                // peer acknowledges the request, or the keep-alive, within milliseconds): the
+                // peer is gone, though the connection will only notice at its idle timeout.
+                // Drop it, so that the next call connects afresh (to a restarted process, say)
+                // instead of waiting on a dead one. A shorter silence proves nothing: a call
+                // with little deadline left, or one that waited for a stream, can end before any
+                // packet was due, and when this process is saturated it reads its socket late.
+                // Closing then would fail every call on the connection and turn local overload
+                // into false failure detection.
+                if started.elapsed() >= config.keep_alive_interval
+                    && connection.stats().udp_rx.datagrams == received_before
+                {
                     debug!(node = %self.node, addr = %self.addr, "no packet from the peer during a call: reconnecting on the next one");
                     connection.close(VarInt::from_u32(CLOSE_NORMAL), b"peer silent");
                 }
