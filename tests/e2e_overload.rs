@@ -12,9 +12,9 @@
 //!
 //! The bounds here are those this 2-core machine meets with room (the router shares CPU 0 with
 //! the three nodes, so every shed request costs the admitted ones CPU); the issue's targets and
-//! where the router stands against them are in BENCHMARKS.md 3d. The router before issue 9
-//! fails them: at 2x it answered 200 for 45% of capacity at p99 1.35 s, opened 664 circuits on
-//! healthy nodes and gave 21,528 partial answers.
+//! where the router stands against them are in BENCHMARKS.md 3d. By the runs there, the router
+//! before issue 9 would fail them: at 2x its answers 200 had a p99 of 1.4 s, and it opened 671
+//! circuits on healthy nodes and gave 23,395 partial answers.
 
 mod common;
 
