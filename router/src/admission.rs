@@ -108,9 +108,10 @@ impl Admission {
     /// A slot for one request, held until the permit is dropped; or why there is none.
     pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Shed> {
         self.entered.fetch_add(1, Ordering::Relaxed);
+        // A free slot means nobody waits; no need to mark the queue empty here, as the next
+        // request to queue marks it at its arrival (`wait_bound`), which keeps this path to one
+        // atomic besides the semaphore.
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            // A slot was free, so nobody was waiting: the queue is empty now.
-            self.mark_empty();
             return Ok(permit);
         }
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
