@@ -5,7 +5,9 @@
 # one run: the capacity, the reader's p99 idle and during the staging, the load's summary (rate
 # per node), and the peak RSS of the loader and of each node.
 # Usage: scripts/bench-load.sh [BIN] [V1_DIR] [V2_DIR] [CUSTOMERS] [READ_SECONDS] [BYTES_PER_S]
-# BYTES_PER_S (default 0: unbounded) is the load's `load.bytes_per_second`.
+# BYTES_PER_S (default 0: unbounded) is the load's `load.bytes_per_second`. LOADER_NICE (default
+# 0) runs the loader at that nice value: a stand-in for a loader on another machine, which is
+# where it runs in production. SCOREGRID_NODE_STAGING_NICE sets the nodes' `node.staging_nice`.
 set -euo pipefail
 bin=${1:-target/release/scoregrid}
 v1=${2:-/tmp/scoregrid-bench-1m}
@@ -39,7 +41,7 @@ echo "capacity (closed loop, 32 connections): p99 ms, rps, errors = $capacity; o
 idle=$("$bin" bench --url "http://$addr" --model "$v1" --connections 32 --rate "$rate" --duration "$read_seconds" --warmup 2 --json | p99)
 echo "idle reader: p99 ms, rps, errors = $idle"
 
-SCOREGRID_LOAD_BYTES_PER_SECOND=$bytes_per_second /usr/bin/time -v "$bin" --config "$work/cluster/client.toml" load --model "$v2" >"$work/load.out" 2>"$work/load.err" &
+SCOREGRID_LOAD_BYTES_PER_SECOND=$bytes_per_second /usr/bin/time -v nice -n "${LOADER_NICE:-0}" "$bin" --config "$work/cluster/client.toml" load --model "$v2" >"$work/load.out" 2>"$work/load.err" &
 loader=$!
 for _ in $(seq 1 1200); do grep -q 'staging round' "$work/load.err" && break; sleep 0.1; done
 started=$(date +%s.%N)

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use scoregrid_config::{Config, MemberConfig};
 use scoregrid_node::follow::RaftMember;
 use scoregrid_node::store::Store;
-use scoregrid_node::{Control, Node, NodeService};
+use scoregrid_node::{Control, Node, NodeService, StagingLane};
 use scoregrid_raft::client::{ClusterClient, FollowSettings, Seed, follow_map};
 use scoregrid_raft::member::{Member, MemberSettings};
 use scoregrid_raft::peers::{PeerClients, QuicPeers};
@@ -269,11 +269,14 @@ pub async fn run_node(
         server.local_addr(),
         if voter { "raft voter" } else { "raft learner" },
     ))?;
+    let lane = StagingLane::start(&id.to_string(), config.node.staging_nice)
+        .context("node.staging_nice")?;
     let service = NodeService::new(
         node,
         server.clock().clone(),
         Some(Arc::new(RaftMember(raft_member.clone()))),
-    );
+    )
+    .with_staging_lane(lane);
     // A node whose Raft has stopped takes no part in the cluster any more: stop the process
     // (with an error, so that a supervisor restarts it) rather than serve on silently.
     let failure = {

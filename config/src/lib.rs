@@ -248,6 +248,9 @@ impl Config {
                 "must be empty or an address like 127.0.0.2:9100",
             );
         }
+        if !(-20..=19).contains(&self.node.staging_nice) {
+            return invalid("node.staging_nice", "must be in -20..=19");
+        }
         if !(100..=60_000).contains(&self.router.watch_wait_ms) {
             return invalid("router.watch_wait_ms", "must be in 100..=60000");
         }

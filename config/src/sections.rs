@@ -375,6 +375,10 @@ pub struct NodeConfig {
     /// The node's admin HTTP listener (`host:port`): `/metrics`, `/healthz` and `/v1/status`
     /// (its own Raft view). Empty: none.
     pub admin_addr: String,
+    /// The nice value of the thread that stages pieces of a load (writes, verifies and decodes
+    /// them): above 0, staging gets the cores that reads leave idle. 0: the same priority as
+    /// reads; -20 to 19.
+    pub staging_nice: i32,
 }
 
 impl Default for NodeConfig {
@@ -384,6 +388,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("data"),
             versions_retained: 1,
             admin_addr: String::new(),
+            staging_nice: 10,
         }
     }
 }

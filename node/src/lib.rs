@@ -12,6 +12,7 @@
 //! - [`follow`]: the node following its Raft member's map (epoch, partitions to hold, active
 //!   version) and fetching back the partitions it lacks.
 //! - [`service`]: [`Node`], which answers requests from the snapshot, and its metrics.
+//! - [`lane`]: [`StagingLane`], the low-priority thread pieces of a load are staged on.
 //! - [`local`]: [`LocalClient`], the in-process [`scoregrid_wire::NodeClient`].
 //! - [`rpc`]: [`NodeService`], the node as the network sees it: roles, epoch fencing, where
 //!   each request runs.
@@ -20,6 +21,7 @@
 pub mod control;
 pub mod follow;
 pub mod hosted;
+pub mod lane;
 pub mod local;
 pub mod repair;
 pub mod rpc;
@@ -29,6 +31,7 @@ pub mod store;
 
 pub use control::Control;
 pub use hosted::HostedVersion;
+pub use lane::StagingLane;
 pub use local::LocalClient;
 pub use rpc::{Membership, NodeService};
 pub use service::Node;

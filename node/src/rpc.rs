@@ -1,7 +1,8 @@
 //! [`NodeService`]: a node as the network sees it. Before a request reaches [`Node`] it is
 //! admitted here: the caller's certificate role must allow it, a caller with an older cluster
 //! map is fenced from the control plane, and each request is sent where it should run (the
-//! request path inline, disk work on the blocking pool, Raft and the map watch as futures).
+//! request path inline, pieces of a load on the staging lane, other disk work on the blocking
+//! pool, Raft and the map watch as futures).
 //!
 //! Who may ask what:
 //!
@@ -13,6 +14,7 @@
 //! | Raft messages | node, whose certificate name is that of the member it claims to be |
 //! | cluster control (map watch, status, membership, model commands) | decided per command by the membership layer |
 
+use crate::lane::StagingLane;
 use crate::service::Node;
 use scoregrid_wire::epoch::EpochClock;
 use scoregrid_wire::{Caller, NodeError, Reply, Request, Response, Role};
@@ -42,6 +44,8 @@ pub struct NodeService {
     node: Arc<Node>,
     clock: Arc<EpochClock>,
     membership: Option<Arc<dyn Membership>>,
+    /// Where pieces of partition files are staged; without one, on the blocking pool.
+    lane: Option<StagingLane>,
 }
 
 impl NodeService {
@@ -55,7 +59,15 @@ impl NodeService {
             node,
             clock,
             membership,
+            lane: None,
         }
+    }
+
+    /// Stages pieces of partition files on `lane` (see [`crate::lane`]).
+    #[must_use]
+    pub fn with_staging_lane(mut self, lane: StagingLane) -> Self {
+        self.lane = Some(lane);
+        self
     }
 
     /// Whether `caller` may make `request`.
@@ -138,6 +150,10 @@ impl scoregrid_wire::Service for NodeService {
                 "this node runs no Raft member".into(),
             )))
         };
+        if let (Request::StageChunk(_), Some(lane)) = (&request, &self.lane) {
+            let node = self.node.clone();
+            return Reply::Later(Box::pin(lane.run(move || node.handle(request))));
+        }
         match request {
             Request::Raft(payload) => match &self.membership {
                 Some(m) => Reply::Later(m.raft(payload, caller)),
