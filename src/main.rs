@@ -3,6 +3,7 @@
 //! them all.
 
 mod admin;
+mod chaos;
 mod cluster_local;
 mod commands;
 mod demo;
@@ -74,6 +75,9 @@ enum Command {
     /// The model versions of the cluster map.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// The chaos harness: faults against a real cluster in network namespaces, a checked history.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Push a model version into the running cluster: register it in the map, stage it on every
     /// replica, verify every copy, then activate it cluster-wide in one committed change.
     Load {
@@ -280,6 +284,7 @@ fn run() -> Result<()> {
         Command::Model(ModelCommand::Retain { versions, cluster }) => {
             commands::runtime()?.block_on(operate::model_retain(&config, cluster, versions))
         }
+        Command::Chaos(command) => chaos::run(config, command),
         Command::Load {
             model,
             source,

@@ -1,8 +1,60 @@
-//! The fault-injection harness: it will start a cluster as real processes in Linux network
-//! namespaces, cut and heal links (nftables), kill, pause and delay processes on a seeded
-//! schedule, and check the invariants after every step (every acknowledged model version is
-//! served whole, no request is answered from two versions, a minority side refuses map changes).
+//! The chaos harness: a real cluster (N node processes and two routers, each in its own Linux
+//! network namespace), a seeded schedule of faults against it (partitions with nftables, kill -9,
+//! SIGSTOP, netem delay, loss and duplication, model flips, maintenance) while clients read
+//! through both routers, a history of every operation, and a checker that reads the history
+//! afterwards and names every broken promise.
 //!
-//! Nothing here yet: the cluster it exercises becomes multi-process with the QUIC transport
-//! (issue 3) and gains Raft membership after that. Until then, replica loss is tested in
-//! process by `tests/pipeline.rs` (failover and partial coverage).
+//! `scoregrid chaos run` calls [`run`]; `scoregrid chaos check DIR` calls [`check_dir`] on the
+//! history of an earlier run.
+//!
+//! # Layout
+//! - [`net`]: namespaces, the bridge, cuts and link disciplines.
+//! - [`cluster`]: the processes of a run, their certificates and configurations, operator
+//!   commands.
+//! - [`nemesis`]: the kinds of fault and how each is applied and healed.
+//! - [`client`]: readers, cursor walkers and observers, and the history recorder.
+//! - [`history`]: the events of `history.jsonl`.
+//! - [`checker`]: the invariants, checked over a history.
+//!
+//! # Limits
+//! One fault at a time (healed before the next); the harness's own link to every host (its
+//! clients, the loader and the operator) is never cut; at most [`NODES_MAX`] nodes.
+
+pub mod checker;
+pub mod client;
+pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+mod run;
+
+pub use nemesis::FaultKind;
+pub use run::{RunOptions, Summary, check_dir, references_of, run};
+
+/// Nodes a run starts at most.
+pub const NODES_MAX: u32 = 9;
+
+/// What can go wrong in the harness itself (not in the cluster under test: that is a
+/// [`checker::Violation`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("{command}: {message}")]
+    Command { command: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{name}: {message}")]
+    Process { name: String, message: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("the cluster did not get ready: {0}")]
+    Setup(String),
+}
+
+impl ChaosError {
+    pub(crate) fn io(path: &std::path::Path, error: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! The checker: reads a history ([`crate::history`]) and the reference models of the versions
+//! the run loaded, and reports every violation of what the cluster promises, and the
+//! availability under each kind of fault.
+//!
+//! The invariants:
+//! 1. A full answer (200, whole coverage) equals the reference ranking of the version it names,
+//!    item for item and score for score (contract section 2 is exact).
+//! 2. A partial answer says why (`coverage.degraded`) and is a subsequence of that ranking.
+//! 3. No walk mixes versions: every page of a cursor walk names the version of its first page,
+//!    and the pages together are a subsequence of the ranking (the whole of it when every page
+//!    was full).
+//! 4. A router's epoch never goes back.
+//! 5. No process exits on its own.
+//! 6. After the final heal the cluster converged (one leader, one map, every node up) and its
+//!    active version is the last acknowledged activation, or a later one whose outcome the
+//!    operator did not learn (it timed out or found no quorum: either may have committed).
+//! 7. After convergence both routers answer from that version, in full.
+//! 9. No map change is committed by a side without quorum: an activation asked through such a
+//!    side is never acknowledged.
+//! 8. Only 200, 503 and the transport's own failures (refused, timeout) are seen by readers: a
+//!    400 or 404 for a request that names a container of the model is a bug.
+
+use crate::history::{Event, Op, Page};
+use scoregrid_shard::ScoringWeights;
+use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// Processes of the final round of reads (after convergence) have names starting with this.
+pub const FINAL_READER: &str = "final";
+
+/// One broken promise, with the event that shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub process: String,
+    pub at_ms: u64,
+    pub detail: String,
+}
+
+/// Availability under one kind of fault (or `none`): reads answered 200 in full, partially,
+/// and not at all.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Availability {
+    pub requests: u64,
+    pub full: u64,
+    pub partial: u64,
+    pub failed: u64,
+}
+
+impl Availability {
+    /// Share of requests answered 200 (full or partial), in percent.
+    pub fn percent(&self) -> f64 {
+        if self.requests == 0 {
+            return 100.0;
+        }
+        100.0 * (self.full + self.partial) as f64 / self.requests as f64
+    }
+}
+
+/// What the checker found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Verdict {
+    pub faults: u64,
+    pub requests: u64,
+    pub violations: Vec<Violation>,
+    pub availability: Availability,
+    pub by_fault: BTreeMap<String, Availability>,
+    /// Milliseconds from the final heal to convergence, when it converged.
+    pub converge_ms: Option<u64>,
+}
+
+/// (product, score), in rank order.
+type Ranking = Vec<(u64, f32)>;
+
+struct Rankings<'a> {
+    references: &'a BTreeMap<String, ReferenceModel>,
+    weights: ScoringWeights,
+    /// By (version, customer, container); `None` for one the run does not know.
+    cache: HashMap<(String, u64, u64), Option<Ranking>>,
+}
+
+impl Rankings<'_> {
+    /// The whole reference ranking of (customer, container) in `version`; `None` for a version
+    /// or container the run does not know.
+    fn of(&mut self, version: &str, customer: u64, container: u64) -> Option<&Ranking> {
+        let references = self.references;
+        let weights = self.weights;
+        self.cache
+            .entry((version.to_string(), customer, container))
+            .or_insert_with(|| {
+                let query = ReferenceQuery {
+                    customer,
+                    container,
+                    category: None,
+                    candidates: None,
+                };
+                references.get(version)?.rank(query, weights).map(|r| {
+                    r.items
+                        .iter()
+                        .map(|i| (i.product, i.score))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .as_ref()
+    }
+}
+
+/// Whether `part` appears in `whole` in order (items equal, scores bit for bit).
+fn is_subsequence(part: &[(u64, f32)], whole: &[(u64, f32)]) -> bool {
+    let mut rest = whole.iter();
+    part.iter().all(|p| {
+        rest.by_ref()
+            .any(|w| w.0 == p.0 && w.1.to_bits() == p.1.to_bits())
+    })
+}
+
+fn same(a: &[(u64, f32)], b: &[(u64, f32)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
+}
+
+/// Checks a history against the reference models of its versions.
+pub fn check(
+    events: &[Event],
+    references: &BTreeMap<String, ReferenceModel>,
+    weights: ScoringWeights,
+) -> Verdict {
+    let mut verdict = Verdict::default();
+    let mut rankings = Rankings {
+        references,
+        weights,
+        cache: HashMap::new(),
+    };
+    let faults: Vec<(u64, u64, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.op {
+            Op::Fault { kind, .. } => Some((e.invoke_ms, e.complete_ms, kind.as_str())),
+            _ => None,
+        })
+        .collect();
+    verdict.faults = faults.len() as u64;
+    let fault_at = |t: u64| {
+        faults
+            .iter()
+            .rev()
+            .find(|(from, to, _)| *from <= t && t <= *to)
+            .map_or("none", |f| f.2)
+    };
+    let converged = events.iter().find_map(|e| match &e.op {
+        Op::Converge {
+            converged,
+            active_version,
+            ..
+        } => Some((e, *converged, active_version.clone())),
+        _ => None,
+    });
+    let mut epochs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for event in events {
+        let mut violation = |invariant: &'static str, detail: String| {
+            verdict.violations.push(Violation {
+                invariant,
+                process: event.process.clone(),
+                at_ms: event.invoke_ms,
+                detail,
+            });
+        };
+        match &event.op {
+            Op::Recommend {
+                router,
+                customer,
+                container,
+                limit,
+                page,
+            } => {
+                let final_round = event.process.starts_with(FINAL_READER);
+                if !final_round {
+                    verdict.requests += 1;
+                    let a = &mut verdict.availability;
+                    let b = verdict
+                        .by_fault
+                        .entry(fault_at(event.invoke_ms).to_string())
+                        .or_default();
+                    for tally in [a, b] {
+                        tally.requests += 1;
+                        match page.status {
+                            200 if page.is_full() => tally.full += 1,
+                            200 => tally.partial += 1,
+                            _ => tally.failed += 1,
+                        }
+                    }
+                }
+                let what =
+                    format!("customer {customer} container {container} limit {limit} via {router}");
+                if let Some(why) =
+                    check_page(&mut rankings, page, *customer, *container, Some(*limit))
+                {
+                    violation("answer equals the reference", format!("{what}: {why}"));
+                }
+                if final_round {
+                    let expected = converged.as_ref().and_then(|c| c.2.clone());
+                    if !page.is_full() || page.version != expected {
+                        violation(
+                            "after convergence every router answers from the active version, in full",
+                            format!(
+                                "{what}: status {} version {:?} (expected {expected:?}) coverage {}/{} {:?} {:?}",
+                                page.status,
+                                page.version,
+                                page.answered,
+                                page.segments,
+                                page.degraded,
+                                page.error
+                            ),
+                        );
+                    }
+                }
+            }
+            Op::Walk {
+                router,
+                customer,
+                container,
+                pages,
+                ..
+            } => {
+                if let Some(why) = check_walk(&mut rankings, pages, *customer, *container) {
+                    violation(
+                        "a walk stays on one version and pages the ranking",
+                        format!("customer {customer} container {container} via {router}: {why}"),
+                    );
+                }
+            }
+            Op::Observe {
+                router,
+                epoch: Some(epoch),
+                ..
+            } => {
+                let seen = epochs
+                    .entry(router.as_str())
+                    .or_insert((*epoch, event.complete_ms));
+                if *epoch < seen.0 {
+                    violation(
+                        "epochs never go back",
+                        format!(
+                            "{router} showed epoch {epoch} after epoch {} (at {} ms)",
+                            seen.0, seen.1
+                        ),
+                    );
+                } else {
+                    *seen = (*epoch, event.complete_ms);
+                }
+            }
+            Op::Operator {
+                command,
+                code: Some(0),
+                minority: true,
+                ..
+            } => violation(
+                "no map change is committed by a side without quorum",
+                format!("{command} was acknowledged from a side without quorum"),
+            ),
+            Op::Crash { process, status } => violation(
+                "no process exits on its own",
+                format!("{process} exited: {status}"),
+            ),
+            Op::Converge {
+                converged: false,
+                detail,
+                ..
+            } => violation("the cluster converges after the final heal", detail.clone()),
+            _ => {}
+        }
+    }
+    if let Some((event, true, active)) = &converged {
+        verdict.converge_ms = Some(event.complete_ms.saturating_sub(event.invoke_ms));
+        if let Some(why) = check_activations(events, active.as_deref()) {
+            verdict.violations.push(Violation {
+                invariant: "the last acknowledged activation is the active version",
+                process: event.process.clone(),
+                at_ms: event.complete_ms,
+                detail: why,
+            });
+        }
+    }
+    verdict
+}
+
+/// Invariants 1, 2 and 8 for one page; `limit` is `None` for a page of a walk (its length
+/// depends on where the cursor stands).
+fn check_page(
+    rankings: &mut Rankings,
+    page: &Page,
+    customer: u64,
+    container: u64,
+    limit: Option<u32>,
+) -> Option<String> {
+    match page.status {
+        200 => {}
+        0 | 503 => return None,
+        other => return Some(format!("status {other} ({:?})", page.error)),
+    }
+    let Some(version) = &page.version else {
+        return Some("a 200 without model_version".into());
+    };
+    let Some(ranking) = rankings.of(version, customer, container) else {
+        return Some(format!(
+            "an answer from {version}, which the run never loaded"
+        ));
+    };
+    if !page.is_full() {
+        if page.degraded.is_empty() {
+            return Some(format!(
+                "a partial answer ({}/{} segments) that does not say why",
+                page.answered, page.segments
+            ));
+        }
+        if !is_subsequence(&page.items, ranking) {
+            return Some(format!(
+                "a partial answer that is not a subsequence of {version}'s ranking: {:?}",
+                page.items
+            ));
+        }
+        return None;
+    }
+    match limit {
+        Some(limit) => {
+            let want = &ranking[..ranking.len().min(limit as usize)];
+            (!same(&page.items, want)).then(|| {
+                format!(
+                    "{version}: got {:?}, the reference ranks {:?}",
+                    page.items, want
+                )
+            })
+        }
+        None => (!is_subsequence(&page.items, ranking))
+            .then(|| format!("{version}: a page not in the ranking: {:?}", page.items)),
+    }
+}
+
+/// Invariant 3 for a walk.
+fn check_walk(
+    rankings: &mut Rankings,
+    pages: &[Page],
+    customer: u64,
+    container: u64,
+) -> Option<String> {
+    let answered: Vec<&Page> = pages.iter().filter(|p| p.status == 200).collect();
+    let first = answered.first()?;
+    if let Some(other) = answered.iter().find(|p| p.version != first.version) {
+        return Some(format!(
+            "pages from {:?} and from {:?}",
+            first.version, other.version
+        ));
+    }
+    for page in &answered {
+        if let Some(why) = check_page(rankings, page, customer, container, None) {
+            return Some(why);
+        }
+    }
+    let version = first.version.clone()?;
+    let ranking = rankings.of(&version, customer, container)?;
+    let all: Vec<(u64, f32)> = answered
+        .iter()
+        .flat_map(|p| p.items.iter().copied())
+        .collect();
+    let whole = answered.len() == pages.len()
+        && answered.iter().all(|p| p.is_full())
+        && pages.last().is_some_and(|p| p.next_cursor.is_none());
+    if whole && !same(&all, ranking) {
+        return Some(format!(
+            "{version}: the pages hold {} items, the ranking {}; first difference at {:?}",
+            all.len(),
+            ranking.len(),
+            all.iter().zip(ranking.iter()).position(|(a, b)| a != b)
+        ));
+    }
+    if !whole && !is_subsequence(&all, ranking) {
+        return Some(format!(
+            "{version}: the pages are not a subsequence of the ranking"
+        ));
+    }
+    None
+}
+
+/// Invariant 6: `active` is the last acknowledged activation, or a later unacknowledged one.
+fn check_activations(events: &[Event], active: Option<&str>) -> Option<String> {
+    let activations: Vec<(u64, &str, Option<i32>)> = events
+        .iter()
+        .filter_map(|e| match &e.op {
+            Op::Operator {
+                version: Some(v),
+                code,
+                ..
+            } => Some((e.complete_ms, v.as_str(), *code)),
+            _ => None,
+        })
+        .collect();
+    let last_ack = activations.iter().rposition(|a| a.2 == Some(0))?;
+    let mut allowed = vec![activations[last_ack].1];
+    allowed.extend(
+        activations[last_ack + 1..]
+            .iter()
+            .filter(|a| a.2 != Some(1))
+            .map(|a| a.1),
+    );
+    if active.is_some_and(|a| allowed.contains(&a)) {
+        return None;
+    }
+    Some(format!(
+        "active after heal: {active:?}; the last acknowledged activation was {} at {} ms, and the ones after it that may have committed: {:?}",
+        activations[last_ack].1,
+        activations[last_ack].0,
+        &allowed[1..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Page;
+    use scoregrid_shard::builder::{ModelSink, RowRef};
+
+    const CUSTOMER: u64 = 11;
+    const GRID: u64 = 7;
+
+    /// Two versions of one grid of 5 products that rank differently for the customer.
+    fn references() -> BTreeMap<String, ReferenceModel> {
+        let mut all = BTreeMap::new();
+        for (name, sign) in [("v1", 1.0f32), ("v2", -1.0f32)] {
+            let mut m = ReferenceModel::new(2);
+            m.add_customer(CUSTOMER, &[1.0, 0.5], &[], RowRef(0))
+                .unwrap();
+            for p in 1..=5u64 {
+                let v = [sign * p as f32, 0.25 * p as f32];
+                m.add_product(p, 1, &v, true, RowRef(0)).unwrap();
+                m.add_pool_entry(GRID, p, 0.01 * p as f32, RowRef(0))
+                    .unwrap();
+            }
+            all.insert(name.to_string(), m);
+        }
+        all
+    }
+
+    fn ranking(references: &BTreeMap<String, ReferenceModel>, version: &str) -> Vec<(u64, f32)> {
+        let mut r = Rankings {
+            references,
+            weights: ScoringWeights::default(),
+            cache: HashMap::new(),
+        };
+        r.of(version, CUSTOMER, GRID).unwrap().clone()
+    }
+
+    fn page(version: &str, items: Vec<(u64, f32)>, full: bool, cursor: bool) -> Page {
+        Page {
+            status: 200,
+            version: Some(version.into()),
+            items,
+            segments: 2,
+            answered: if full { 2 } else { 1 },
+            degraded: if full { vec![] } else { vec!["timeout".into()] },
+            error: None,
+            next_cursor: cursor.then(|| "c".into()),
+        }
+    }
+
+    fn event(at: u64, op: Op) -> Event {
+        Event {
+            process: "reader".into(),
+            invoke_ms: at,
+            complete_ms: at + 1,
+            op,
+        }
+    }
+
+    fn recommend(page: Page, limit: u32) -> Op {
+        Op::Recommend {
+            router: "r1".into(),
+            customer: CUSTOMER,
+            container: GRID,
+            limit,
+            page,
+        }
+    }
+
+    fn violations(events: &[Event]) -> Vec<&'static str> {
+        check(events, &references(), ScoringWeights::default())
+            .violations
+            .iter()
+            .map(|v| v.invariant)
+            .collect()
+    }
+
+    #[test]
+    fn exact_answers_pass_and_a_changed_score_or_order_is_caught() {
+        let refs = references();
+        let v1 = ranking(&refs, "v1");
+        assert_eq!(v1.len(), 5);
+        assert!(
+            violations(&[event(
+                0,
+                recommend(page("v1", v1[..3].to_vec(), true, true), 3)
+            )])
+            .is_empty()
+        );
+        let mut swapped = v1[..3].to_vec();
+        swapped.swap(0, 1);
+        assert_eq!(
+            violations(&[event(0, recommend(page("v1", swapped, true, true), 3))]),
+            ["answer equals the reference"]
+        );
+        let mut nudged = v1[..3].to_vec();
+        nudged[2].1 = f32::from_bits(nudged[2].1.to_bits() + 1);
+        assert_eq!(
+            violations(&[event(0, recommend(page("v1", nudged, true, true), 3))]),
+            ["answer equals the reference"]
+        );
+        // v2's ranking labelled v1.
+        let v2 = ranking(&refs, "v2");
+        assert_ne!(v1, v2);
+        assert_eq!(
+            violations(&[event(
+                0,
+                recommend(page("v1", v2[..3].to_vec(), true, true), 3)
+            )]),
+            ["answer equals the reference"]
+        );
+    }
+
+    #[test]
+    fn partial_answers_must_say_why_and_keep_the_order() {
+        let v1 = ranking(&references(), "v1");
+        let gapped = vec![v1[0], v1[2], v1[4]];
+        assert!(
+            violations(&[event(
+                0,
+                recommend(page("v1", gapped.clone(), false, false), 5)
+            )])
+            .is_empty()
+        );
+        let mut silent = page("v1", gapped, false, false);
+        silent.degraded.clear();
+        assert_eq!(
+            violations(&[event(0, recommend(silent, 5))]),
+            ["answer equals the reference"]
+        );
+        let reordered = vec![v1[2], v1[0]];
+        assert_eq!(
+            violations(&[event(0, recommend(page("v1", reordered, false, false), 5))]),
+            ["answer equals the reference"]
+        );
+    }
+
+    #[test]
+    fn a_walk_that_mixes_versions_or_skips_items_is_caught() {
+        let refs = references();
+        let (v1, v2) = (ranking(&refs, "v1"), ranking(&refs, "v2"));
+        let walk = |pages| Op::Walk {
+            router: "r1".into(),
+            customer: CUSTOMER,
+            container: GRID,
+            limit: 2,
+            pages,
+        };
+        let whole = vec![
+            page("v1", v1[..2].to_vec(), true, true),
+            page("v1", v1[2..4].to_vec(), true, true),
+            page("v1", v1[4..].to_vec(), true, false),
+        ];
+        assert!(violations(&[event(0, walk(whole))]).is_empty());
+        let mixed = vec![
+            page("v1", v1[..2].to_vec(), true, true),
+            page("v2", v2[2..].to_vec(), true, false),
+        ];
+        assert_eq!(
+            violations(&[event(0, walk(mixed))]),
+            ["a walk stays on one version and pages the ranking"]
+        );
+        let gap = vec![
+            page("v1", v1[..2].to_vec(), true, true),
+            page("v1", v1[3..].to_vec(), true, false),
+        ];
+        assert_eq!(
+            violations(&[event(0, walk(gap))]),
+            ["a walk stays on one version and pages the ranking"]
+        );
+    }
+
+    #[test]
+    fn an_epoch_going_back_a_crash_and_a_lost_activation_are_caught() {
+        let observe = |epoch| Op::Observe {
+            router: "r1".into(),
+            epoch: Some(epoch),
+            active_version: None,
+            stale: false,
+            error: None,
+        };
+        assert_eq!(
+            violations(&[
+                event(0, observe(5)),
+                event(1, observe(6)),
+                event(2, observe(4))
+            ]),
+            ["epochs never go back"]
+        );
+        let crash = Op::Crash {
+            process: "n2".into(),
+            status: "signal 6".into(),
+        };
+        assert_eq!(
+            violations(&[event(0, crash)]),
+            ["no process exits on its own"]
+        );
+        let activate = |v: &str, code| Op::Operator {
+            command: format!("model activate {v}"),
+            version: Some(v.into()),
+            code,
+            message: String::new(),
+            minority: false,
+        };
+        let from_minority = |code| Op::Operator {
+            command: "model activate v1 via n1".into(),
+            version: Some("v1".into()),
+            code,
+            message: String::new(),
+            minority: true,
+        };
+        assert!(violations(&[event(0, from_minority(Some(3)))]).is_empty());
+        assert_eq!(
+            violations(&[event(0, from_minority(Some(0)))]),
+            ["no map change is committed by a side without quorum"]
+        );
+        let converge = |v: &str| Op::Converge {
+            converged: true,
+            active_version: Some(v.into()),
+            detail: String::new(),
+        };
+        // Acknowledged v2, then a flip to v1 refused for good (exit 1): v2 must stay.
+        let refused = [
+            event(0, activate("v2", Some(0))),
+            event(5, activate("v1", Some(1))),
+            event(9, converge("v1")),
+        ];
+        assert_eq!(
+            violations(&refused),
+            ["the last acknowledged activation is the active version"]
+        );
+        // A flip that timed out may have committed: either version is allowed.
+        for v in ["v1", "v2"] {
+            let unknown = [
+                event(0, activate("v2", Some(0))),
+                event(5, activate("v1", None)),
+                event(9, converge(v)),
+            ];
+            assert!(violations(&unknown).is_empty(), "{v}");
+        }
+        let stuck = Op::Converge {
+            converged: false,
+            active_version: None,
+            detail: "n3 is down".into(),
+        };
+        assert_eq!(
+            violations(&[event(0, stuck)]),
+            ["the cluster converges after the final heal"]
+        );
+    }
+
+    #[test]
+    fn availability_is_counted_by_the_fault_in_force() {
+        let v1 = ranking(&references(), "v1");
+        let fault = Op::Fault {
+            kind: "kill".into(),
+            detail: "n1".into(),
+        };
+        let failed = Page {
+            status: 503,
+            error: Some("unavailable".into()),
+            ..Page::default()
+        };
+        let events = [
+            Event {
+                process: "nemesis".into(),
+                invoke_ms: 10,
+                complete_ms: 20,
+                op: fault,
+            },
+            event(5, recommend(page("v1", v1[..1].to_vec(), true, true), 1)),
+            event(12, recommend(failed, 1)),
+            event(15, recommend(page("v1", vec![v1[1]], false, true), 1)),
+        ];
+        let verdict = check(&events, &references(), ScoringWeights::default());
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+        assert_eq!(verdict.faults, 1);
+        assert_eq!(verdict.requests, 3);
+        let kill = &verdict.by_fault["kill"];
+        assert_eq!(
+            (kill.requests, kill.full, kill.partial, kill.failed),
+            (2, 0, 1, 1)
+        );
+        assert_eq!(verdict.by_fault["none"].full, 1);
+        assert!((verdict.availability.percent() - 200.0 / 3.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,444 @@
+//! The nemesis: a seeded schedule of faults, one at a time, each applied, held for a while and
+//! healed, with the time it was in force recorded in the history. The same seed on the same
+//! cluster size gives the same schedule (which fault, on which hosts, for how long); what the
+//! cluster does under it varies with timing, as in any real run.
+
+use crate::ChaosError;
+use crate::client::Rng;
+use crate::cluster::Cluster;
+use crate::history::Op;
+use crate::net::{LinkFault, Network};
+use std::time::Duration;
+
+/// The kinds of fault, by the names `--faults` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// The nodes split in two: a minority and a majority (routers see both).
+    PartitionHalves,
+    /// The Raft leader cut off from every other node.
+    PartitionLeader,
+    /// Two halves that each see one bridge node, which sees both.
+    PartitionBridge,
+    /// Each node sees its two neighbours on a ring and no one else (5 nodes and more: each
+    /// sees a majority, no two the same one).
+    PartitionRing,
+    /// One router cut off from some of the nodes.
+    PartitionRouter,
+    /// `kill -9` of a node; restarted on its data directory at heal.
+    Kill,
+    /// SIGSTOP of a node; SIGCONT at heal.
+    Pause,
+    /// 50 ms ± 25 ms of delay on what one node sends (tc netem; needs a kernel with netem).
+    Delay,
+    /// One node's link slowed to 2 Mbit/s, queueing at most 100 ms (tc tbf).
+    Slow,
+    /// 20% of what one node sends lost (nftables).
+    Loss,
+    /// 10% of what one node sends sent twice (nftables).
+    Duplicate,
+    /// `model activate` of the other retained version, through a random node. (Partitions
+    /// with a side without quorum also ask for a flip through that side, half of the time.)
+    Flip,
+    /// `cluster maintenance ID on`, and off at heal.
+    Maintenance,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 13] = [
+        FaultKind::PartitionHalves,
+        FaultKind::PartitionLeader,
+        FaultKind::PartitionBridge,
+        FaultKind::PartitionRing,
+        FaultKind::PartitionRouter,
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Delay,
+        FaultKind::Slow,
+        FaultKind::Loss,
+        FaultKind::Duplicate,
+        FaultKind::Flip,
+        FaultKind::Maintenance,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::PartitionHalves => "partition-halves",
+            FaultKind::PartitionLeader => "partition-leader",
+            FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::PartitionRing => "partition-ring",
+            FaultKind::PartitionRouter => "partition-router",
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Delay => "delay",
+            FaultKind::Slow => "slow",
+            FaultKind::Loss => "loss",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::Flip => "flip",
+            FaultKind::Maintenance => "maintenance",
+        }
+    }
+
+    /// Parses a `--faults` list (`kill,pause,partition-halves`; `all` for every kind).
+    ///
+    /// # Errors
+    /// An unknown name, with the list of known ones.
+    pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, ChaosError> {
+        let mut kinds = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                kinds.extend(Self::ALL);
+                continue;
+            }
+            let kind = Self::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| {
+                    ChaosError::Invalid(format!(
+                        "--faults: unknown fault {name:?}; known: all, {}",
+                        Self::ALL.map(FaultKind::name).join(", ")
+                    ))
+                })?;
+            kinds.push(kind);
+        }
+        kinds.sort();
+        kinds.dedup();
+        if kinds.is_empty() {
+            return Err(ChaosError::Invalid("--faults: no fault named".into()));
+        }
+        Ok(kinds)
+    }
+}
+
+/// What is in force, to be healed.
+enum InForce {
+    Network,
+    Killed(String),
+    Paused(String),
+    Maintenance(u64),
+    Nothing,
+}
+
+/// Applies faults to a run's network and processes.
+pub struct Nemesis<'a> {
+    pub network: &'a mut Network,
+    pub cluster: &'a mut Cluster,
+    pub rng: Rng,
+    /// The versions a flip alternates between, and the one it believes active.
+    pub versions: Vec<String>,
+    pub active: usize,
+    /// Finds the Raft leader's node name (through a router), if there is one.
+    pub leader: Box<dyn FnMut() -> Option<String> + 'a>,
+    pub operator_timeout: Duration,
+}
+
+/// What applying a fault did: its history entry and, for a flip or a maintenance, the
+/// operator command's.
+pub struct Applied {
+    pub fault: Op,
+    pub operator: Option<Op>,
+    in_force: InForce,
+}
+
+impl Nemesis<'_> {
+    fn nodes(&self) -> Vec<String> {
+        self.cluster.node_names()
+    }
+
+    fn shuffled_nodes(&mut self) -> Vec<String> {
+        let mut nodes = self.nodes();
+        for i in (1..nodes.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            nodes.swap(i, j);
+        }
+        nodes
+    }
+
+    fn cut_between(&mut self, a: &[String], b: &[String]) -> Result<(), ChaosError> {
+        for x in a {
+            for y in b {
+                self.network.cut(x, y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one fault of `kind`.
+    ///
+    /// # Errors
+    /// A command the kernel refused, or a process that does not start again.
+    pub fn apply(&mut self, kind: FaultKind) -> Result<Applied, ChaosError> {
+        let mut operator = None;
+        // The side of a partition without quorum, if it has one: a flip asked through it must
+        // fail.
+        let mut minority_side: Vec<String> = Vec::new();
+        let (detail, in_force) = match kind {
+            FaultKind::PartitionHalves => {
+                let nodes = self.shuffled_nodes();
+                let (minority, majority) = nodes.split_at(nodes.len() / 2);
+                self.cut_between(minority, majority)?;
+                minority_side = minority.to_vec();
+                (
+                    format!("{} | {}", minority.join(" "), majority.join(" ")),
+                    InForce::Network,
+                )
+            }
+            FaultKind::PartitionLeader => {
+                let nodes = self.nodes();
+                let leader = (self.leader)().unwrap_or_else(|| nodes[0].clone());
+                let others: Vec<String> = nodes.into_iter().filter(|n| *n != leader).collect();
+                self.cut_between(std::slice::from_ref(&leader), &others)?;
+                if !others.is_empty() {
+                    minority_side = vec![leader.clone()];
+                }
+                (format!("{leader} | {}", others.join(" ")), InForce::Network)
+            }
+            FaultKind::PartitionBridge => {
+                let nodes = self.shuffled_nodes();
+                let (bridge, rest) = nodes
+                    .split_first()
+                    .ok_or_else(|| ChaosError::Invalid("a bridge partition needs nodes".into()))?;
+                let (a, b) = rest.split_at(rest.len() / 2);
+                self.cut_between(a, b)?;
+                (
+                    format!("{} | {bridge} | {}", a.join(" "), b.join(" ")),
+                    InForce::Network,
+                )
+            }
+            FaultKind::PartitionRing => {
+                let nodes = self.shuffled_nodes();
+                let n = nodes.len();
+                let mut cuts = Vec::new();
+                for i in 0..n {
+                    for j in i + 1..n {
+                        let distance = (j - i).min(n - (j - i));
+                        if distance > 1 {
+                            self.network.cut(&nodes[i], &nodes[j])?;
+                            cuts.push(format!("{}-{}", nodes[i], nodes[j]));
+                        }
+                    }
+                }
+                (
+                    format!("ring {} (cut {})", nodes.join(" "), cuts.join(" ")),
+                    InForce::Network,
+                )
+            }
+            FaultKind::PartitionRouter => {
+                let routers: Vec<String> = self
+                    .cluster
+                    .processes
+                    .iter()
+                    .filter(|p| p.kind == crate::cluster::Kind::Router)
+                    .map(|p| p.name.clone())
+                    .collect();
+                let router = self
+                    .rng
+                    .pick(&routers)
+                    .cloned()
+                    .ok_or_else(|| ChaosError::Invalid("no router".into()))?;
+                let nodes = self.shuffled_nodes();
+                let count =
+                    1 + self.rng.below(nodes.len().saturating_sub(1).max(1) as u64) as usize;
+                let cut = &nodes[..count.min(nodes.len())];
+                self.cut_between(std::slice::from_ref(&router), cut)?;
+                (format!("{router} | {}", cut.join(" ")), InForce::Network)
+            }
+            FaultKind::Kill => {
+                let node = self.random_node()?;
+                self.cluster.kill(&node)?;
+                (node.clone(), InForce::Killed(node))
+            }
+            FaultKind::Pause => {
+                let node = self.random_node()?;
+                self.cluster.pause(&node, true)?;
+                (node.clone(), InForce::Paused(node))
+            }
+            FaultKind::Delay | FaultKind::Slow | FaultKind::Loss | FaultKind::Duplicate => {
+                let node = self.random_node()?;
+                let fault = match kind {
+                    FaultKind::Delay => LinkFault::Delay {
+                        ms: 50,
+                        jitter_ms: 25,
+                    },
+                    FaultKind::Slow => LinkFault::Slow {
+                        kbit: 2000,
+                        latency_ms: 100,
+                    },
+                    FaultKind::Loss => LinkFault::Loss { percent: 20 },
+                    _ => LinkFault::Duplicate { percent: 10 },
+                };
+                self.network.degrade(&node, fault)?;
+                (format!("{node}: {fault:?}"), InForce::Network)
+            }
+            FaultKind::Flip => {
+                let via = self.random_node()?;
+                let (op, version) = self.flip(&via, false);
+                operator = Some(op);
+                (format!("to {version} via {via}"), InForce::Nothing)
+            }
+            FaultKind::Maintenance => {
+                let node = self.random_node()?;
+                let id = self.node_id(&node);
+                let outcome =
+                    self.operator(&node, &["cluster", "maintenance", &id.to_string(), "on"]);
+                let code = outcome.as_ref().ok().and_then(|o| o.0);
+                operator = Some(Op::Operator {
+                    command: format!("cluster maintenance {id} on"),
+                    version: None,
+                    code,
+                    message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
+                    minority: false,
+                });
+                (node, InForce::Maintenance(id))
+            }
+        };
+        if !minority_side.is_empty() && self.rng.below(2) == 0 {
+            let via = self.rng.pick(&minority_side).cloned().unwrap_or_default();
+            operator = Some(self.flip(&via, true).0);
+        }
+        Ok(Applied {
+            fault: Op::Fault {
+                kind: kind.name().to_string(),
+                detail,
+            },
+            operator,
+            in_force,
+        })
+    }
+
+    /// Heals what `applied` did. A maintenance is switched off with retries until it is (the
+    /// operator's own job after a planned restart).
+    ///
+    /// # Errors
+    /// A command the kernel refused, or a killed node that does not start again.
+    pub fn heal(&mut self, applied: &Applied) -> Result<Option<Op>, ChaosError> {
+        match &applied.in_force {
+            InForce::Network => self.network.heal()?,
+            InForce::Killed(node) => self.cluster.start(node)?,
+            InForce::Paused(node) => self.cluster.pause(node, false)?,
+            InForce::Maintenance(id) => {
+                let mut last = None;
+                for _ in 0..5 {
+                    let via = self.random_node()?;
+                    let outcome =
+                        self.operator(&via, &["cluster", "maintenance", &id.to_string(), "off"]);
+                    let code = outcome.as_ref().ok().and_then(|o| o.0);
+                    last = Some(Op::Operator {
+                        command: format!("cluster maintenance {id} off"),
+                        version: None,
+                        code,
+                        message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
+                        minority: false,
+                    });
+                    if code == Some(0) {
+                        break;
+                    }
+                }
+                return Ok(last);
+            }
+            InForce::Nothing => {}
+        }
+        Ok(None)
+    }
+
+    /// Heals everything: cuts, disciplines, paused and killed processes.
+    ///
+    /// # Errors
+    /// As [`Nemesis::heal`].
+    pub fn heal_all(&mut self) -> Result<(), ChaosError> {
+        self.network.heal()?;
+        for node in self.nodes() {
+            if self.cluster.is_running(&node) {
+                self.cluster.pause(&node, false)?;
+            } else {
+                self.cluster.start(&node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `model activate` of the version after the one believed active, through node `via`
+    /// (`minority`: a side without quorum, where it must fail).
+    fn flip(&mut self, via: &str, minority: bool) -> (Op, String) {
+        let next = (self.active + 1) % self.versions.len().max(1);
+        let version = self.versions.get(next).cloned().unwrap_or_default();
+        let outcome = self.operator(via, &["model", "activate", &version]);
+        let code = outcome.as_ref().ok().and_then(|o| o.0);
+        if code == Some(0) {
+            self.active = next;
+        }
+        let op = Op::Operator {
+            command: format!("model activate {version} via {via}"),
+            version: Some(version.clone()),
+            code,
+            message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
+            minority,
+        };
+        (op, version)
+    }
+
+    fn random_node(&mut self) -> Result<String, ChaosError> {
+        let nodes = self.nodes();
+        self.rng
+            .pick(&nodes)
+            .cloned()
+            .ok_or_else(|| ChaosError::Invalid("no node".into()))
+    }
+
+    fn node_id(&self, name: &str) -> u64 {
+        self.cluster
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.id)
+    }
+
+    /// An operator command through node `via`: (exit code, its first line of output).
+    fn operator(&self, via: &str, args: &[&str]) -> Result<(Option<i32>, String), ChaosError> {
+        let addr = self
+            .cluster
+            .members
+            .iter()
+            .find(|m| m.name == via)
+            .map(|m| m.addr.to_string())
+            .unwrap_or_default();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--cluster", &addr]);
+        let outcome = self.cluster.operator(&all, self.operator_timeout)?;
+        let message = format!("{}{}", outcome.stdout, outcome.stderr);
+        Ok((
+            outcome.code,
+            message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_lists_parse_and_name_what_is_unknown() {
+        assert_eq!(
+            FaultKind::parse_list("all").unwrap().len(),
+            FaultKind::ALL.len()
+        );
+        assert_eq!(
+            FaultKind::parse_list("kill, pause,kill").unwrap(),
+            [FaultKind::Kill, FaultKind::Pause]
+        );
+        let error = FaultKind::parse_list("kill,meteor")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("meteor") && error.contains("partition-halves"),
+            "{error}"
+        );
+        assert!(FaultKind::parse_list(" , ").is_err());
+    }
+}

@@ -1,0 +1,706 @@
+//! One run, start to end: models, network, cluster, clients, the nemesis, the final heal, the
+//! check and the report. Processes are started from the calling thread only (see
+//! [`crate::cluster`]: a child dies with the thread that spawned it), so [`run`] keeps it for
+//! the nemesis; the clients run on the given tokio runtime.
+
+use crate::ChaosError;
+use crate::checker::{self, FINAL_READER, Verdict};
+use crate::client::{self, Recorder, Rng, Workload};
+use crate::cluster::{Cluster, Kind};
+use crate::history::Op;
+use crate::nemesis::{FaultKind, Nemesis};
+use crate::net::Network;
+use scoregrid_config::Config;
+use scoregrid_shard::ScoringWeights;
+use scoregrid_shard::reference::ReferenceModel;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The two versions a run loads and flips between.
+const VERSIONS: [&str; 2] = ["chaos-v1", "chaos-v2"];
+/// How long the cluster gets to converge after the final heal before the run says it did not.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a load may take (the run's model is small).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
+/// Operator commands during faults.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(15);
+/// Reads per router after convergence.
+const FINAL_READS: usize = 20;
+
+/// What `scoregrid chaos run` was asked.
+pub struct RunOptions {
+    /// The `scoregrid` binary the processes run.
+    pub exe: PathBuf,
+    pub nodes: u32,
+    pub duration: Duration,
+    pub seed: u64,
+    pub faults: Vec<FaultKind>,
+    /// Where the history, the report, the logs and the data go.
+    pub out: PathBuf,
+    /// The configuration every process starts from (scoring weights, Raft timings...).
+    pub base: Config,
+    /// Set when the run is interrupted (Ctrl-C): it heals, checks what it has and cleans up.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// The last line of a run and where its report is.
+pub struct Summary {
+    pub verdict: Verdict,
+    pub report: PathBuf,
+}
+
+impl Summary {
+    /// `chaos: F faults, R requests, V violations, availability A%`.
+    pub fn line(&self) -> String {
+        format!(
+            "chaos: {} faults, {} requests, {} violations, availability {:.2}%",
+            self.verdict.faults,
+            self.verdict.requests,
+            self.verdict.violations.len(),
+            self.verdict.availability.percent()
+        )
+    }
+}
+
+fn gen_model(exe: &Path, dir: &Path, seed: u64, version: &str) -> Result<(), ChaosError> {
+    let out = dir.to_string_lossy().into_owned();
+    let seed = seed.to_string();
+    crate::net::sh(
+        &exe.to_string_lossy(),
+        &[
+            "gen",
+            "--out",
+            &out,
+            "--customers",
+            "3000",
+            "--products",
+            "800",
+            "--containers",
+            "12",
+            "--pool-products",
+            "300",
+            "--dim",
+            "16",
+            "--format",
+            "jsonl",
+            "--seed",
+            &seed,
+            "--version",
+            version,
+        ],
+    )
+    .map(drop)
+}
+
+fn reference_of(dir: &Path) -> Result<ReferenceModel, ChaosError> {
+    let manifest =
+        scoregrid_loader::read_manifest(dir).map_err(|e| ChaosError::Setup(e.to_string()))?;
+    let mut reference = ReferenceModel::new(manifest.dim);
+    scoregrid_loader::load_model(dir, &mut reference)
+        .map_err(|e| ChaosError::Setup(e.to_string()))?;
+    Ok(reference)
+}
+
+/// Runs the cluster under the nemesis for `options.duration`, then checks the history.
+///
+/// # Errors
+/// A [`ChaosError`] when the harness itself cannot do its job (no namespaces, a process that
+/// does not start, a model that does not load before the faults begin): the message says why.
+/// Violations of the cluster's promises are in the summary, not errors.
+pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summary, ChaosError> {
+    if !(1..=crate::NODES_MAX).contains(&options.nodes) {
+        return Err(ChaosError::Invalid(format!(
+            "--nodes {}: from 1 to {}",
+            options.nodes,
+            crate::NODES_MAX
+        )));
+    }
+    let swept = Network::sweep();
+    if swept > 0 {
+        tracing::info!(swept, "removed namespaces left by an earlier run");
+    }
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(|e| ChaosError::io(out, e))?;
+    let models = out.join("models");
+    let mut references = BTreeMap::new();
+    let mut model_dirs = Vec::new();
+    for (i, version) in VERSIONS.iter().enumerate() {
+        let dir = models.join(version);
+        if !dir.join("manifest.json").exists() {
+            gen_model(
+                &options.exe,
+                &dir,
+                options.seed.wrapping_add(i as u64),
+                version,
+            )?;
+        }
+        references.insert((*version).to_string(), reference_of(&dir)?);
+        model_dirs.push(dir);
+    }
+    let workload = Arc::new(workload_of(&references[VERSIONS[0]]));
+
+    let run_id = std::process::id();
+    let mut hosts: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
+    hosts.extend(["r1".to_string(), "r2".to_string()]);
+    let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let mut network = Network::create(run_id, &host_refs)?;
+    let mut base = options.base.clone();
+    // Small segments: a pool spans several partitions, so a cut node makes answers partial
+    // rather than missing.
+    base.model.segment_products_max = 64;
+    let work = out.join("cluster");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| ChaosError::io(&work, e))?;
+    let mut cluster = Cluster::prepare(&options.exe, &work, &network, &base)?;
+
+    let start = Instant::now();
+    let recorder = Arc::new(
+        Recorder::create(&out.join("history.jsonl"), start)
+            .map_err(|e| ChaosError::io(&out.join("history.jsonl"), e))?,
+    );
+    bring_up(&mut cluster, runtime, &model_dirs)?;
+    println!(
+        "chaos: cluster ready ({} nodes, 2 routers, models {} and {}) in {:.1} s; seed {}",
+        options.nodes,
+        VERSIONS[0],
+        VERSIONS[1],
+        start.elapsed().as_secs_f64(),
+        options.seed
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let routers: Vec<(String, SocketAddr)> = cluster
+        .processes
+        .iter()
+        .filter(|p| p.kind == Kind::Router)
+        .map(|p| p.name.clone())
+        .zip(cluster.routers.iter().copied())
+        .collect();
+    let mut seeds = Rng::new(options.seed ^ 0x5EED);
+    for router in &routers {
+        for (i, walk) in [false, false, true].into_iter().enumerate() {
+            let name = format!(
+                "{}-{}-{i}",
+                if walk { "walker" } else { "reader" },
+                router.0
+            );
+            tasks.push(runtime.spawn(client::reader(
+                name,
+                router.clone(),
+                workload.clone(),
+                recorder.clone(),
+                seeds.next_u64(),
+                walk,
+                stop.clone(),
+            )));
+        }
+        tasks.push(runtime.spawn(client::observer(
+            router.clone(),
+            recorder.clone(),
+            Duration::from_millis(200),
+            stop.clone(),
+        )));
+    }
+
+    let mut kinds = applicable(&options.faults, options.nodes);
+    if kinds.contains(&FaultKind::Delay) && !network.has_netem() {
+        println!(
+            "chaos: no delay faults: this kernel has no netem (tc qdisc ... netem is refused)"
+        );
+        kinds.retain(|k| *k != FaultKind::Delay);
+    }
+    println!(
+        "chaos: faults {}",
+        kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let nemesis_result = run_nemesis(
+        &mut network,
+        &mut cluster,
+        &recorder,
+        runtime,
+        &options,
+        &kinds,
+        &routers,
+    );
+    // Heal, whatever happened, then wait for one map.
+    let healed_at = recorder.now_ms();
+    let healed = heal_everything(&mut network, &mut cluster);
+    let convergence = converge(&mut cluster, runtime, &routers);
+    let (converged, active, detail) = match &convergence {
+        Ok(active) => (
+            true,
+            Some(active.clone()),
+            "one leader, one map, every node up".into(),
+        ),
+        Err(why) => (false, None, why.clone()),
+    };
+    recorder.record(
+        "harness",
+        healed_at,
+        Op::Converge {
+            converged,
+            active_version: active,
+            detail,
+        },
+    );
+    if converged {
+        final_reads(runtime, &recorder, &routers, &workload, options.seed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    for (process, status) in cluster.exited() {
+        recorder.record(
+            &process.clone(),
+            recorder.now_ms(),
+            Op::Crash { process, status },
+        );
+    }
+    recorder.flush();
+    cluster.stop_all();
+    network.teardown();
+    nemesis_result?;
+    healed?;
+    let summary = check_dir(out, &references, base_weights(&options.base))?;
+    Ok(summary)
+}
+
+fn base_weights(config: &Config) -> ScoringWeights {
+    ScoringWeights {
+        affinity: config.scoring.w_affinity,
+        pool: config.scoring.w_pool,
+    }
+}
+
+/// The kinds of fault that make sense for `nodes` nodes (a ring needs 5).
+fn applicable(kinds: &[FaultKind], nodes: u32) -> Vec<FaultKind> {
+    kinds
+        .iter()
+        .copied()
+        .filter(|k| match k {
+            FaultKind::PartitionRing => nodes >= 5,
+            FaultKind::PartitionHalves
+            | FaultKind::PartitionBridge
+            | FaultKind::PartitionLeader => nodes >= 2,
+            _ => true,
+        })
+        .collect()
+}
+
+fn workload_of(reference: &ReferenceModel) -> Workload {
+    let mut customers: Vec<u64> = reference.customers.keys().copied().collect();
+    customers.sort_unstable();
+    customers.truncate(500);
+    // An unknown customer too: the fallback ranking is part of the contract.
+    customers.push(u64::MAX - 1);
+    let mut containers: Vec<u64> = reference.pools.keys().copied().collect();
+    containers.sort_unstable();
+    Workload {
+        customers,
+        containers,
+    }
+}
+
+/// Starts the nodes, loads both versions (the first active), starts the routers.
+fn bring_up(
+    cluster: &mut Cluster,
+    runtime: &tokio::runtime::Handle,
+    models: &[PathBuf],
+) -> Result<(), ChaosError> {
+    for node in cluster.node_names() {
+        cluster.start(&node)?;
+    }
+    wait_for(Duration::from_secs(60), "a Raft leader", || {
+        leader_of_nodes(runtime, cluster).map(drop)
+    })?;
+    for (i, dir) in models.iter().enumerate() {
+        let dir = dir.to_string_lossy().into_owned();
+        let mut args = vec!["load", "--model", dir.as_str()];
+        if i > 0 {
+            args.push("--no-activate");
+        }
+        let outcome = cluster.operator(&args, LOAD_TIMEOUT)?;
+        if outcome.code != Some(0) {
+            return Err(ChaosError::Setup(format!(
+                "scoregrid {} exited {:?}: {}{}",
+                args.join(" "),
+                outcome.code,
+                outcome.stdout,
+                outcome.stderr
+            )));
+        }
+    }
+    let routers: Vec<String> = cluster
+        .processes
+        .iter()
+        .filter(|p| p.kind == Kind::Router)
+        .map(|p| p.name.clone())
+        .collect();
+    for router in &routers {
+        cluster.start(router)?;
+    }
+    for addr in cluster.routers.clone() {
+        wait_for(
+            Duration::from_secs(60),
+            "the routers' /readyz",
+            || match runtime.block_on(client::get_once(addr, "/readyz")) {
+                Ok((200, _)) => Ok(()),
+                Ok((status, body)) => Err(format!(
+                    "{addr}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                )),
+                Err(e) => Err(format!("{addr}: {e}")),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Polls `probe` every 100 ms until it succeeds or `timeout` passes (then the last reason).
+fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<(), String>,
+) -> Result<(), ChaosError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(()) => return Ok(()),
+            Err(why) if Instant::now() > deadline => {
+                return Err(ChaosError::Setup(format!(
+                    "no {what} within {timeout:?}: {why}"
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The nodes' own views (`/v1/status` of their admin listeners), by node name.
+fn node_views(
+    runtime: &tokio::runtime::Handle,
+    cluster: &Cluster,
+) -> BTreeMap<String, Result<serde_json::Value, String>> {
+    cluster
+        .members
+        .iter()
+        .map(|m| {
+            let view = m
+                .admin
+                .ok_or_else(|| "no admin address".to_string())
+                .and_then(
+                    |admin| match runtime.block_on(client::get_once(admin, "/v1/status")) {
+                        Ok((200, body)) => serde_json::from_slice(&body).map_err(|e| e.to_string()),
+                        Ok((status, _)) => Err(format!("status {status}")),
+                        Err(e) => Err(e),
+                    },
+                );
+            (m.name.clone(), view)
+        })
+        .collect()
+}
+
+/// The leader's node name, as a majority of the nodes that answer see it.
+fn leader_of_nodes(runtime: &tokio::runtime::Handle, cluster: &Cluster) -> Result<String, String> {
+    let views = node_views(runtime, cluster);
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for view in views.values().flatten() {
+        if let Some(leader) = view["leader"].as_u64() {
+            *votes.entry(leader).or_default() += 1;
+        }
+    }
+    let majority = cluster.members.len() / 2 + 1;
+    votes
+        .into_iter()
+        .find(|(_, n)| *n >= majority)
+        .and_then(|(id, _)| cluster.members.iter().find(|m| m.id == id))
+        .map(|m| m.name.clone())
+        .ok_or_else(|| format!("no leader seen by a majority: {views:?}"))
+}
+
+fn run_nemesis(
+    network: &mut Network,
+    cluster: &mut Cluster,
+    recorder: &Recorder,
+    runtime: &tokio::runtime::Handle,
+    options: &RunOptions,
+    kinds: &[FaultKind],
+    routers: &[(String, SocketAddr)],
+) -> Result<(), ChaosError> {
+    if kinds.is_empty() {
+        return Err(ChaosError::Invalid(
+            "no fault of --faults applies to this many nodes".into(),
+        ));
+    }
+    let members = cluster.members.clone();
+    let router = routers.first().map(|r| r.1);
+    let mut nemesis = Nemesis {
+        network,
+        cluster,
+        rng: Rng::new(options.seed),
+        versions: VERSIONS.iter().map(|v| (*v).to_string()).collect(),
+        active: 0,
+        leader: Box::new(move || {
+            let (_, body) = runtime
+                .block_on(client::get_once(router?, "/v1/cluster"))
+                .ok()?;
+            let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            let id = json["leader"].as_u64()?;
+            members.iter().find(|m| m.id == id).map(|m| m.name.clone())
+        }),
+        operator_timeout: OPERATOR_TIMEOUT,
+    };
+    let deadline = Instant::now() + options.duration;
+    let interrupted = || options.interrupted.load(Ordering::Relaxed);
+    while Instant::now() < deadline && !interrupted() {
+        let kind = *nemesis
+            .rng
+            .pick(kinds)
+            .ok_or_else(|| ChaosError::Invalid("no fault".into()))?;
+        let hold = Duration::from_millis(500 + nemesis.rng.below(2500));
+        let gap = Duration::from_millis(200 + nemesis.rng.below(500));
+        let applied_at = recorder.now_ms();
+        let applied = nemesis.apply(kind)?;
+        if let Some(op) = &applied.operator {
+            recorder.record("operator", applied_at, op.clone());
+        }
+        sleep_unless(hold, &options.interrupted);
+        let healing_at = recorder.now_ms();
+        let healed = nemesis.heal(&applied);
+        recorder.record("nemesis", applied_at, applied.fault.clone());
+        if let Some(op) = healed? {
+            recorder.record("operator", healing_at, op);
+        }
+        for (process, status) in nemesis.cluster.exited() {
+            tracing::warn!(%process, %status, "a process exited on its own; restarting it");
+            recorder.record(
+                &process.clone(),
+                recorder.now_ms(),
+                Op::Crash {
+                    process: process.clone(),
+                    status,
+                },
+            );
+            nemesis.cluster.start(&process)?;
+        }
+        sleep_unless(gap, &options.interrupted);
+    }
+    Ok(())
+}
+
+fn sleep_unless(duration: Duration, interrupted: &AtomicBool) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+    }
+}
+
+fn heal_everything(network: &mut Network, cluster: &mut Cluster) -> Result<(), ChaosError> {
+    network.heal()?;
+    for p in cluster
+        .node_names()
+        .into_iter()
+        .chain(["r1".into(), "r2".into()])
+    {
+        if cluster.is_running(&p) {
+            cluster.pause(&p, false)?;
+        } else {
+            cluster.start(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for one leader, one map (every node at the same epoch, none stale, the same active
+/// version), every node `up` in each router's view, each router at that epoch. Returns the
+/// active version.
+fn converge(
+    cluster: &mut Cluster,
+    runtime: &tokio::runtime::Handle,
+    routers: &[(String, SocketAddr)],
+) -> Result<String, String> {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let why = match converged_once(cluster, runtime, routers) {
+            Ok(active) => return Ok(active),
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not converged {CONVERGE_TIMEOUT:?} after the heal: {why}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn converged_once(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Handle,
+    routers: &[(String, SocketAddr)],
+) -> Result<String, String> {
+    let views = node_views(runtime, cluster);
+    let mut seen: Option<(u64, u64, String)> = None;
+    for (name, view) in &views {
+        let view = view.as_ref().map_err(|e| format!("{name}: {e}"))?;
+        if view["stale"].as_bool() != Some(false) {
+            return Err(format!("{name} is stale"));
+        }
+        let leader = view["leader"]
+            .as_u64()
+            .ok_or(format!("{name} sees no leader"))?;
+        let epoch = view["epoch"].as_u64().ok_or(format!("{name}: no epoch"))?;
+        let active = view["models"]["active"].as_str().unwrap_or("").to_string();
+        let this = (leader, epoch, active);
+        match &seen {
+            None => seen = Some(this),
+            Some(first) if *first != this => {
+                return Err(format!(
+                    "{name} sees (leader, epoch, active) {this:?}, another node {first:?}"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let (_, epoch, active) = seen.ok_or("no node")?;
+    for (name, addr) in routers {
+        let (status, body) = runtime
+            .block_on(client::get_once(*addr, "/v1/cluster"))
+            .map_err(|e| format!("{name}: {e}"))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("{name}: status {status}, {e}"))?;
+        if json["epoch"].as_u64() != Some(epoch) || json["stale"].as_bool() != Some(false) {
+            return Err(format!(
+                "{name} is at epoch {:?} (stale {:?}), the nodes at {epoch}",
+                json["epoch"], json["stale"]
+            ));
+        }
+        if json["active_version"].as_str() != Some(active.as_str()) {
+            return Err(format!(
+                "{name} serves {:?}, the nodes {active}",
+                json["active_version"]
+            ));
+        }
+        let nodes = json["nodes"].as_array().cloned().unwrap_or_default();
+        if let Some(not_up) = nodes.iter().find(|n| n["state"].as_str() != Some("up")) {
+            return Err(format!(
+                "{name}: node {} is {}",
+                not_up["id"], not_up["state"]
+            ));
+        }
+    }
+    Ok(active)
+}
+
+fn final_reads(
+    runtime: &tokio::runtime::Handle,
+    recorder: &Recorder,
+    routers: &[(String, SocketAddr)],
+    workload: &Workload,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed ^ 0xF1A1);
+    for (name, addr) in routers {
+        for _ in 0..FINAL_READS {
+            let (Some(&customer), Some(&container)) = (
+                rng.pick(&workload.customers),
+                rng.pick(&workload.containers),
+            ) else {
+                return;
+            };
+            let limit = 1 + rng.below(50) as u32;
+            let invoke = recorder.now_ms();
+            let page = runtime.block_on(client::recommend_once(*addr, customer, container, limit));
+            recorder.record(
+                &format!("{FINAL_READER}-{name}"),
+                invoke,
+                Op::Recommend {
+                    router: name.clone(),
+                    customer,
+                    container,
+                    limit,
+                    page,
+                },
+            );
+        }
+    }
+}
+
+/// Checks the history in `dir` against `references` and writes `dir/report.json` and
+/// `dir/report.md`.
+///
+/// # Errors
+/// The history cannot be read or the report written.
+pub fn check_dir(
+    dir: &Path,
+    references: &BTreeMap<String, ReferenceModel>,
+    weights: ScoringWeights,
+) -> Result<Summary, ChaosError> {
+    let events = crate::history::read(&dir.join("history.jsonl"))?;
+    let verdict = checker::check(&events, references, weights);
+    let json =
+        serde_json::to_string_pretty(&verdict).map_err(|e| ChaosError::Invalid(e.to_string()))?;
+    let report_json = dir.join("report.json");
+    std::fs::write(&report_json, json).map_err(|e| ChaosError::io(&report_json, e))?;
+    let report = dir.join("report.md");
+    std::fs::write(&report, report_text(&verdict)).map_err(|e| ChaosError::io(&report, e))?;
+    Ok(Summary { verdict, report })
+}
+
+fn report_text(verdict: &Verdict) -> String {
+    let mut text = String::from(
+        "# Chaos run\n\n| fault | reads | full | partial | failed | availability |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for (kind, a) in verdict
+        .by_fault
+        .iter()
+        .chain([(&"all".to_string(), &verdict.availability)])
+    {
+        text.push_str(&format!(
+            "| {kind} | {} | {} | {} | {} | {:.2}% |\n",
+            a.requests,
+            a.full,
+            a.partial,
+            a.failed,
+            a.percent()
+        ));
+    }
+    text.push_str(&format!(
+        "\nFaults: {}. Convergence after the final heal: {}.\n\n## Violations: {}\n\n",
+        verdict.faults,
+        verdict
+            .converge_ms
+            .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
+        verdict.violations.len()
+    ));
+    for v in verdict.violations.iter().take(100) {
+        text.push_str(&format!(
+            "- {} ({} at {} ms): {}\n",
+            v.invariant, v.process, v.at_ms, v.detail
+        ));
+    }
+    text
+}
+
+/// The reference models of a run's directory (for `chaos check`).
+///
+/// # Errors
+/// A model of the run cannot be read.
+pub fn references_of(dir: &Path) -> Result<BTreeMap<String, ReferenceModel>, ChaosError> {
+    VERSIONS
+        .iter()
+        .map(|v| Ok(((*v).to_string(), reference_of(&dir.join("models").join(v))?)))
+        .collect()
+}
