@@ -105,8 +105,17 @@ impl QuicServer {
         config: TransportConfig,
     ) -> Result<Self, TransportError> {
         let server_config = server_config(identity, &config)?;
-        let endpoint = quinn::Endpoint::server(server_config, addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+        let bind = |source| TransportError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
+        let endpoint = quinn::Endpoint::new(
+            identity.endpoint_config(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(bind)?;
         let local_addr = endpoint.local_addr().map_err(TransportError::Io)?;
         Ok(Self {
             endpoint,
