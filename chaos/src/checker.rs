@@ -3,8 +3,9 @@
 //! availability under each kind of fault.
 //!
 //! The invariants:
-//! 1. A full answer (200, whole coverage) equals the reference ranking of the version it names,
-//!    item for item and score for score (contract section 2 is exact).
+//! 1. A complete answer (200 from every segment, `stale_map` or not) equals the reference
+//!    ranking of the version it names, item for item and score for score (contract section 2 is
+//!    exact).
 //! 2. A partial answer says why (`coverage.degraded`) and is a subsequence of that ranking.
 //! 3. No walk mixes versions: every page of a cursor walk names the version of its first page,
 //!    and the pages together are a subsequence of the ranking (the whole of it when every page
@@ -38,23 +39,32 @@ pub struct Violation {
     pub detail: String,
 }
 
-/// Availability under one kind of fault (or `none`): reads answered 200 in full, partially,
-/// and not at all.
+/// Availability under one kind of fault (or `none`): reads answered 200 in full, complete
+/// but flagged `stale_map`, partially (some segments missing), and not at all.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Availability {
     pub requests: u64,
     pub full: u64,
+    pub stale: u64,
     pub partial: u64,
     pub failed: u64,
 }
 
 impl Availability {
-    /// Share of requests answered 200 (full or partial), in percent.
+    /// Share of requests answered 200 (full, stale or partial), in percent.
     pub fn percent(&self) -> f64 {
         if self.requests == 0 {
             return 100.0;
         }
-        100.0 * (self.full + self.partial) as f64 / self.requests as f64
+        100.0 * (self.full + self.stale + self.partial) as f64 / self.requests as f64
+    }
+
+    /// Share of requests answered from every segment, in percent.
+    pub fn complete_percent(&self) -> f64 {
+        if self.requests == 0 {
+            return 100.0;
+        }
+        100.0 * (self.full + self.stale) as f64 / self.requests as f64
     }
 }
 
@@ -187,6 +197,7 @@ pub fn check(
                         tally.requests += 1;
                         match page.status {
                             200 if page.is_full() => tally.full += 1,
+                            200 if page.is_complete() => tally.stale += 1,
                             200 => tally.partial += 1,
                             _ => tally.failed += 1,
                         }
@@ -308,7 +319,7 @@ fn check_page(
             "an answer from {version}, which the run never loaded"
         ));
     };
-    if !page.is_full() {
+    if !page.is_complete() {
         if page.degraded.is_empty() {
             return Some(format!(
                 "a partial answer ({}/{} segments) that does not say why",
@@ -365,7 +376,7 @@ fn check_walk(
         .flat_map(|p| p.items.iter().copied())
         .collect();
     let whole = answered.len() == pages.len()
-        && answered.iter().all(|p| p.is_full())
+        && answered.iter().all(|p| p.is_complete())
         && pages.last().is_some_and(|p| p.next_cursor.is_none());
     if whole && !same(&all, ranking) {
         return Some(format!(

@@ -29,9 +29,15 @@ pub struct Page {
 }
 
 impl Page {
-    /// A 200 whose coverage is whole.
+    /// A 200 whose coverage is whole and that names no reason to doubt it.
     pub fn is_full(&self) -> bool {
-        self.status == 200 && self.answered == self.segments && self.degraded.is_empty()
+        self.is_complete() && self.degraded.is_empty()
+    }
+
+    /// A 200 from every segment (it may still say `stale_map`: the router's map may be out
+    /// of date, which does not make the ranking of the version it names less exact).
+    pub fn is_complete(&self) -> bool {
+        self.status == 200 && self.answered == self.segments
     }
 }
 

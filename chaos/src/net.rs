@@ -392,7 +392,10 @@ fn free_subnet(run: u32) -> Result<u8, ChaosError> {
     for i in 0..150u32 {
         let subnet = 100 + ((run + i) % 150) as u8;
         let prefix = format!("10.{subnet}.0.0/24");
-        if sh("ip", &["-o", "addr", "show", "to", &prefix])?.trim().is_empty() {
+        if sh("ip", &["-o", "addr", "show", "to", &prefix])?
+            .trim()
+            .is_empty()
+        {
             return Ok(subnet);
         }
     }

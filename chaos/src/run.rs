@@ -234,7 +234,7 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
     // Heal, whatever happened, then wait for one map.
     let healed_at = recorder.now_ms();
     let healed = heal_everything(&mut network, &mut cluster);
-    let convergence = converge(&mut cluster, runtime, &routers);
+    let convergence = converge(&cluster, runtime, &routers);
     let (converged, active, detail) = match &convergence {
         Ok(active) => (
             true,
@@ -527,7 +527,7 @@ fn heal_everything(network: &mut Network, cluster: &mut Cluster) -> Result<(), C
 /// version), every node `up` in each router's view, each router at that epoch. Returns the
 /// active version.
 fn converge(
-    cluster: &mut Cluster,
+    cluster: &Cluster,
     runtime: &tokio::runtime::Handle,
     routers: &[(String, SocketAddr)],
 ) -> Result<String, String> {
@@ -661,7 +661,7 @@ pub fn check_dir(
 
 fn report_text(verdict: &Verdict) -> String {
     let mut text = String::from(
-        "# Chaos run\n\n| fault | reads | full | partial | failed | availability |\n| --- | --- | --- | --- | --- | --- |\n",
+        "# Chaos run\n\n| fault | reads | full | complete, stale_map | partial | failed | answered 200 | complete |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (kind, a) in verdict
         .by_fault
@@ -669,12 +669,14 @@ fn report_text(verdict: &Verdict) -> String {
         .chain([(&"all".to_string(), &verdict.availability)])
     {
         text.push_str(&format!(
-            "| {kind} | {} | {} | {} | {} | {:.2}% |\n",
+            "| {kind} | {} | {} | {} | {} | {} | {:.2}% | {:.2}% |\n",
             a.requests,
             a.full,
+            a.stale,
             a.partial,
             a.failed,
-            a.percent()
+            a.percent(),
+            a.complete_percent()
         ));
     }
     text.push_str(&format!(
