@@ -67,28 +67,38 @@ fn lines_until_exit(guard: &ChildGuard) -> Vec<String> {
     lines
 }
 
-#[test]
-fn a_short_run_checks_its_history_and_leaves_nothing_behind() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let temp = tempfile::tempdir().unwrap();
-    let out = temp.path().join("run");
-    let out_arg = out.to_string_lossy().into_owned();
-    let mut guard = ChildGuard::start(
+/// `scoregrid chaos run` of 3 nodes with these settings, its output in `out`.
+fn start_run(duration: &str, seed: &str, faults: &str, out: &str) -> ChildGuard {
+    ChildGuard::start(
         &[
             "chaos",
             "run",
             "--nodes",
             "3",
             "--duration",
-            "25s",
+            duration,
             "--seed",
-            "3",
+            seed,
             "--faults",
-            "partition-halves,partition-leader,kill,pause,loss,flip",
+            faults,
             "--out",
-            &out_arg,
+            out,
         ],
         &[("SCOREGRID_LOG_FILTER", "warn")],
+    )
+}
+
+#[test]
+fn a_short_run_checks_its_history_and_leaves_nothing_behind() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let temp = tempfile::tempdir().unwrap();
+    let out = temp.path().join("run");
+    let out_arg = out.to_string_lossy().into_owned();
+    let mut guard = start_run(
+        "25s",
+        "3",
+        "partition-halves,partition-leader,kill,pause,loss,flip",
+        &out_arg,
     );
     let pid = guard.child.id();
     let status = wait_for_exit(&mut guard, Duration::from_secs(240));
@@ -139,21 +149,7 @@ fn an_interrupted_run_heals_checks_and_cleans_up() {
     let temp = tempfile::tempdir().unwrap();
     let out = temp.path().join("run");
     let out_arg = out.to_string_lossy().into_owned();
-    let mut guard = ChildGuard::start(
-        &[
-            "chaos",
-            "run",
-            "--duration",
-            "10m",
-            "--seed",
-            "5",
-            "--faults",
-            "partition-halves,pause",
-            "--out",
-            &out_arg,
-        ],
-        &[("SCOREGRID_LOG_FILTER", "warn")],
-    );
+    let mut guard = start_run("10m", "5", "partition-halves,pause", &out_arg);
     let pid = guard.child.id();
     guard.wait_for_line("cluster ready", 180);
     assert!(!namespaces_of(pid).is_empty(), "the run made no namespace");

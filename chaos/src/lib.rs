@@ -15,6 +15,8 @@
 //! - [`client`]: readers, cursor walkers and observers, and the history recorder.
 //! - [`history`]: the events of `history.jsonl`.
 //! - [`checker`]: the invariants, checked over a history.
+//! - `run`, `converge`, `report`: one run start to end, the wait for one map after the final
+//!   heal, the verdict written out.
 //!
 //! # Limits
 //! One fault at a time (healed before the next); the harness's own link to every host (its
@@ -23,13 +25,16 @@
 pub mod checker;
 pub mod client;
 pub mod cluster;
+mod converge;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+mod report;
 mod run;
 
 pub use nemesis::FaultKind;
-pub use run::{RunOptions, Summary, check_dir, references_of, run};
+pub use report::{Summary, check_dir, references_of};
+pub use run::{RunOptions, run};
 
 /// Nodes a run starts at most.
 pub const NODES_MAX: u32 = 9;

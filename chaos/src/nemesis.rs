@@ -37,7 +37,8 @@ pub enum FaultKind {
     /// 10% of what one node sends sent twice (nftables).
     Duplicate,
     /// `model activate` of the other retained version, through a random node. (Partitions
-    /// with a side without quorum also ask for a flip through that side, half of the time.)
+    /// with a side without quorum also ask for a flip through that side, half of the time;
+    /// other faults, a quarter of the time, through any node while they are in force.)
     Flip,
     /// `cluster maintenance ID on`, and off at heal.
     Maintenance,
@@ -278,22 +279,18 @@ impl Nemesis<'_> {
             FaultKind::Maintenance => {
                 let node = self.random_node()?;
                 let id = self.node_id(&node);
-                let outcome =
-                    self.operator(&node, &["cluster", "maintenance", &id.to_string(), "on"]);
-                let code = outcome.as_ref().ok().and_then(|o| o.0);
-                operator = Some(Op::Operator {
-                    command: format!("cluster maintenance {id} on"),
-                    version: None,
-                    code,
-                    message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
-                    minority: false,
-                });
+                operator = Some(self.maintenance(&node, id, true).0);
                 (node, InForce::Maintenance(id))
             }
         };
         if !minority_side.is_empty() && self.rng.below(2) == 0 {
             let via = self.rng.pick(&minority_side).cloned().unwrap_or_default();
             operator = Some(self.flip(&via, true).0);
+        } else if operator.is_none() && self.rng.below(4) == 0 {
+            // A flip while the fault is in force, through any node: the flip must hold (or be
+            // refused) under it, not only between faults.
+            let via = self.random_node()?;
+            operator = Some(self.flip(&via, false).0);
         }
         Ok(Applied {
             fault: Op::Fault {
@@ -319,17 +316,9 @@ impl Nemesis<'_> {
                 let mut last = None;
                 for _ in 0..5 {
                     let via = self.random_node()?;
-                    let outcome =
-                        self.operator(&via, &["cluster", "maintenance", &id.to_string(), "off"]);
-                    let code = outcome.as_ref().ok().and_then(|o| o.0);
-                    last = Some(Op::Operator {
-                        command: format!("cluster maintenance {id} off"),
-                        version: None,
-                        code,
-                        message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
-                        minority: false,
-                    });
-                    if code == Some(0) {
+                    let (op, done) = self.maintenance(&via, *id, false);
+                    last = Some(op);
+                    if done {
                         break;
                     }
                 }
@@ -354,6 +343,22 @@ impl Nemesis<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `cluster maintenance ID on|off` through node `via`: its history entry and whether it
+    /// was acknowledged.
+    fn maintenance(&self, via: &str, id: u64, on: bool) -> (Op, bool) {
+        let state = if on { "on" } else { "off" };
+        let outcome = self.operator(via, &["cluster", "maintenance", &id.to_string(), state]);
+        let code = outcome.as_ref().ok().and_then(|o| o.0);
+        let op = Op::Operator {
+            command: format!("cluster maintenance {id} {state}"),
+            version: None,
+            code,
+            message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
+            minority: false,
+        };
+        (op, code == Some(0))
     }
 
     /// `model activate` of the version after the one believed active, through node `via`

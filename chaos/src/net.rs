@@ -134,17 +134,9 @@ impl Network {
             format!("sgc{}n{n}", self.run),
             format!("sgc{}h{n}", self.run),
         );
-        let hub = self.hub();
         let address = format!("{}/24", host.ip);
         sh("ip", &["netns", "add", &host.namespace])?;
-        sh(
-            "ip",
-            &[
-                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
-            ],
-        )?;
-        sh("ip", &["link", "set", &outer, "netns", &hub])?;
-        in_namespace(&hub, "ip", &["link", "set", &outer, "master", "br0", "up"])?;
+        self.veth_to_hub(&inner, &outer)?;
         sh("ip", &["link", "set", &inner, "netns", &host.namespace])?;
         let ns = &host.namespace;
         in_namespace(ns, "ip", &["link", "set", &inner, "name", "eth0"])?;
@@ -160,17 +152,21 @@ impl Network {
         nft_script(ns, rules)
     }
 
-    fn wire_control(&self) -> Result<(), ChaosError> {
-        let (inner, outer) = (format!("sgc{}", self.run), format!("sgc{}c", self.run));
+    /// A veth pair `inner`-`outer` whose `outer` end is a port of the hub's bridge.
+    fn veth_to_hub(&self, inner: &str, outer: &str) -> Result<(), ChaosError> {
         let hub = self.hub();
         sh(
             "ip",
-            &[
-                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
-            ],
+            &["link", "add", inner, "type", "veth", "peer", "name", outer],
         )?;
-        sh("ip", &["link", "set", &outer, "netns", &hub])?;
-        in_namespace(&hub, "ip", &["link", "set", &outer, "master", "br0", "up"])?;
+        sh("ip", &["link", "set", outer, "netns", &hub])?;
+        in_namespace(&hub, "ip", &["link", "set", outer, "master", "br0", "up"])?;
+        Ok(())
+    }
+
+    fn wire_control(&self) -> Result<(), ChaosError> {
+        let (inner, outer) = (format!("sgc{}", self.run), format!("sgc{}c", self.run));
+        self.veth_to_hub(&inner, &outer)?;
         let address = format!("{}/24", Ipv4Addr::new(10, self.subnet, 0, CONTROL_HOST));
         sh("ip", &["addr", "add", &address, "dev", &inner])?;
         sh("ip", &["link", "set", &inner, "up"])?;

@@ -4,12 +4,14 @@
 //! the nemesis; the clients run on the given tokio runtime.
 
 use crate::ChaosError;
-use crate::checker::{self, FINAL_READER, Verdict};
+use crate::checker::FINAL_READER;
 use crate::client::{self, Recorder, Rng, Workload};
 use crate::cluster::{Cluster, Kind};
+use crate::converge::{converge, leader_of_nodes};
 use crate::history::Op;
 use crate::nemesis::{FaultKind, Nemesis};
 use crate::net::Network;
+use crate::report::{Summary, check_dir};
 use scoregrid_config::Config;
 use scoregrid_shard::ScoringWeights;
 use scoregrid_shard::reference::ReferenceModel;
@@ -21,9 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The two versions a run loads and flips between.
-const VERSIONS: [&str; 2] = ["chaos-v1", "chaos-v2"];
-/// How long the cluster gets to converge after the final heal before the run says it did not.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const VERSIONS: [&str; 2] = ["chaos-v1", "chaos-v2"];
 /// How long a load may take (the run's model is small).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Operator commands during faults.
@@ -45,25 +45,6 @@ pub struct RunOptions {
     pub base: Config,
     /// Set when the run is interrupted (Ctrl-C): it heals, checks what it has and cleans up.
     pub interrupted: Arc<AtomicBool>,
-}
-
-/// The last line of a run and where its report is.
-pub struct Summary {
-    pub verdict: Verdict,
-    pub report: PathBuf,
-}
-
-impl Summary {
-    /// `chaos: F faults, R requests, V violations, availability A%`.
-    pub fn line(&self) -> String {
-        format!(
-            "chaos: {} faults, {} requests, {} violations, availability {:.2}%",
-            self.verdict.faults,
-            self.verdict.requests,
-            self.verdict.violations.len(),
-            self.verdict.availability.percent()
-        )
-    }
 }
 
 fn gen_model(exe: &Path, dir: &Path, seed: u64, version: &str) -> Result<(), ChaosError> {
@@ -96,7 +77,7 @@ fn gen_model(exe: &Path, dir: &Path, seed: u64, version: &str) -> Result<(), Cha
     .map(drop)
 }
 
-fn reference_of(dir: &Path) -> Result<ReferenceModel, ChaosError> {
+pub(crate) fn reference_of(dir: &Path) -> Result<ReferenceModel, ChaosError> {
     let manifest =
         scoregrid_loader::read_manifest(dir).map_err(|e| ChaosError::Setup(e.to_string()))?;
     let mut reference = ReferenceModel::new(manifest.dim);
@@ -388,48 +369,6 @@ fn wait_for(
     }
 }
 
-/// The nodes' own views (`/v1/status` of their admin listeners), by node name.
-fn node_views(
-    runtime: &tokio::runtime::Handle,
-    cluster: &Cluster,
-) -> BTreeMap<String, Result<serde_json::Value, String>> {
-    cluster
-        .members
-        .iter()
-        .map(|m| {
-            let view = m
-                .admin
-                .ok_or_else(|| "no admin address".to_string())
-                .and_then(
-                    |admin| match runtime.block_on(client::get_once(admin, "/v1/status")) {
-                        Ok((200, body)) => serde_json::from_slice(&body).map_err(|e| e.to_string()),
-                        Ok((status, _)) => Err(format!("status {status}")),
-                        Err(e) => Err(e),
-                    },
-                );
-            (m.name.clone(), view)
-        })
-        .collect()
-}
-
-/// The leader's node name, as a majority of the nodes that answer see it.
-fn leader_of_nodes(runtime: &tokio::runtime::Handle, cluster: &Cluster) -> Result<String, String> {
-    let views = node_views(runtime, cluster);
-    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-    for view in views.values().flatten() {
-        if let Some(leader) = view["leader"].as_u64() {
-            *votes.entry(leader).or_default() += 1;
-        }
-    }
-    let majority = cluster.members.len() / 2 + 1;
-    votes
-        .into_iter()
-        .find(|(_, n)| *n >= majority)
-        .and_then(|(id, _)| cluster.members.iter().find(|m| m.id == id))
-        .map(|m| m.name.clone())
-        .ok_or_else(|| format!("no leader seen by a majority: {views:?}"))
-}
-
 fn run_nemesis(
     network: &mut Network,
     cluster: &mut Cluster,
@@ -523,87 +462,6 @@ fn heal_everything(network: &mut Network, cluster: &mut Cluster) -> Result<(), C
     Ok(())
 }
 
-/// Waits for one leader, one map (every node at the same epoch, none stale, the same active
-/// version), every node `up` in each router's view, each router at that epoch. Returns the
-/// active version.
-fn converge(
-    cluster: &Cluster,
-    runtime: &tokio::runtime::Handle,
-    routers: &[(String, SocketAddr)],
-) -> Result<String, String> {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        let why = match converged_once(cluster, runtime, routers) {
-            Ok(active) => return Ok(active),
-            Err(why) => why,
-        };
-        if Instant::now() > deadline {
-            return Err(format!(
-                "not converged {CONVERGE_TIMEOUT:?} after the heal: {why}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn converged_once(
-    cluster: &Cluster,
-    runtime: &tokio::runtime::Handle,
-    routers: &[(String, SocketAddr)],
-) -> Result<String, String> {
-    let views = node_views(runtime, cluster);
-    let mut seen: Option<(u64, u64, String)> = None;
-    for (name, view) in &views {
-        let view = view.as_ref().map_err(|e| format!("{name}: {e}"))?;
-        if view["stale"].as_bool() != Some(false) {
-            return Err(format!("{name} is stale"));
-        }
-        let leader = view["leader"]
-            .as_u64()
-            .ok_or(format!("{name} sees no leader"))?;
-        let epoch = view["epoch"].as_u64().ok_or(format!("{name}: no epoch"))?;
-        let active = view["models"]["active"].as_str().unwrap_or("").to_string();
-        let this = (leader, epoch, active);
-        match &seen {
-            None => seen = Some(this),
-            Some(first) if *first != this => {
-                return Err(format!(
-                    "{name} sees (leader, epoch, active) {this:?}, another node {first:?}"
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    let (_, epoch, active) = seen.ok_or("no node")?;
-    for (name, addr) in routers {
-        let (status, body) = runtime
-            .block_on(client::get_once(*addr, "/v1/cluster"))
-            .map_err(|e| format!("{name}: {e}"))?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("{name}: status {status}, {e}"))?;
-        if json["epoch"].as_u64() != Some(epoch) || json["stale"].as_bool() != Some(false) {
-            return Err(format!(
-                "{name} is at epoch {:?} (stale {:?}), the nodes at {epoch}",
-                json["epoch"], json["stale"]
-            ));
-        }
-        if json["active_version"].as_str() != Some(active.as_str()) {
-            return Err(format!(
-                "{name} serves {:?}, the nodes {active}",
-                json["active_version"]
-            ));
-        }
-        let nodes = json["nodes"].as_array().cloned().unwrap_or_default();
-        if let Some(not_up) = nodes.iter().find(|n| n["state"].as_str() != Some("up")) {
-            return Err(format!(
-                "{name}: node {} is {}",
-                not_up["id"], not_up["state"]
-            ));
-        }
-    }
-    Ok(active)
-}
-
 fn final_reads(
     runtime: &tokio::runtime::Handle,
     recorder: &Recorder,
@@ -636,73 +494,4 @@ fn final_reads(
             );
         }
     }
-}
-
-/// Checks the history in `dir` against `references` and writes `dir/report.json` and
-/// `dir/report.md`.
-///
-/// # Errors
-/// The history cannot be read or the report written.
-pub fn check_dir(
-    dir: &Path,
-    references: &BTreeMap<String, ReferenceModel>,
-    weights: ScoringWeights,
-) -> Result<Summary, ChaosError> {
-    let events = crate::history::read(&dir.join("history.jsonl"))?;
-    let verdict = checker::check(&events, references, weights);
-    let json =
-        serde_json::to_string_pretty(&verdict).map_err(|e| ChaosError::Invalid(e.to_string()))?;
-    let report_json = dir.join("report.json");
-    std::fs::write(&report_json, json).map_err(|e| ChaosError::io(&report_json, e))?;
-    let report = dir.join("report.md");
-    std::fs::write(&report, report_text(&verdict)).map_err(|e| ChaosError::io(&report, e))?;
-    Ok(Summary { verdict, report })
-}
-
-fn report_text(verdict: &Verdict) -> String {
-    let mut text = String::from(
-        "# Chaos run\n\n| fault | reads | full | complete, stale_map | partial | failed | answered 200 | complete |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
-    );
-    for (kind, a) in verdict
-        .by_fault
-        .iter()
-        .chain([(&"all".to_string(), &verdict.availability)])
-    {
-        text.push_str(&format!(
-            "| {kind} | {} | {} | {} | {} | {} | {:.2}% | {:.2}% |\n",
-            a.requests,
-            a.full,
-            a.stale,
-            a.partial,
-            a.failed,
-            a.percent(),
-            a.complete_percent()
-        ));
-    }
-    text.push_str(&format!(
-        "\nFaults: {}. Convergence after the final heal: {}.\n\n## Violations: {}\n\n",
-        verdict.faults,
-        verdict
-            .converge_ms
-            .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
-        verdict.violations.len()
-    ));
-    for v in verdict.violations.iter().take(100) {
-        text.push_str(&format!(
-            "- {} ({} at {} ms): {}\n",
-            v.invariant, v.process, v.at_ms, v.detail
-        ));
-    }
-    text
-}
-
-/// The reference models of a run's directory (for `chaos check`).
-///
-/// # Errors
-/// A model of the run cannot be read.
-pub fn references_of(dir: &Path) -> Result<BTreeMap<String, ReferenceModel>, ChaosError> {
-    VERSIONS
-        .iter()
-        .map(|v| Ok(((*v).to_string(), reference_of(&dir.join("models").join(v))?)))
-        .collect()
 }
