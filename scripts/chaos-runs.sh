@@ -8,6 +8,7 @@ bin=${1:-target/release/scoregrid}
 duration=${2:-300s}
 shift 2 || true
 root=${CHAOS_OUT:-/tmp/scoregrid-chaos-runs}
+mkdir -p "$root"
 echo "| seed | faults | reads | violations | answered 200 | complete | kill | pause | partition-router | loss | converged after heal |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for seed in "$@"; do

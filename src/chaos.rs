@@ -1,6 +1,6 @@
-//! `scoregrid chaos run` and `scoregrid chaos check`: the command line of the chaos harness
-//! ([`scoregrid_chaos`]). Exit 0 when the history holds no violation, 1 when it does (or the
-//! harness could not run: the message says why).
+//! `scoregrid chaos run`, `chaos check` and `chaos sim`: the command line of the chaos harness
+//! ([`scoregrid_chaos`]). Exit 0 when the history (or every simulated schedule) holds no
+//! violation, 1 when it does (or the harness could not run: the message says why).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -17,6 +17,29 @@ pub enum ChaosCommand {
     Run(RunArgs),
     /// Check the history of an earlier run again (DIR is its --out).
     Check { dir: PathBuf },
+    /// The deterministic simulation of the control plane (Raft members, routers' map
+    /// followers, an operator and a loader on a seeded network, in virtual time): many seeds,
+    /// each checked. No root needed.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// How many seeds (each runs once per cluster size of --members).
+    #[arg(long, default_value_t = 500)]
+    seeds: u64,
+    /// The first seed (default: from the clock, printed).
+    #[arg(long)]
+    first: Option<u64>,
+    /// Run this one seed (with --verbose, its events are printed).
+    #[arg(long, conflicts_with_all = ["seeds", "first"])]
+    seed: Option<u64>,
+    /// Cluster sizes, comma-separated: 3, 5 or both.
+    #[arg(long, default_value = "3,5")]
+    members: String,
+    /// Print every event of each run (elections, faults, flips), not only of failing ones.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -72,15 +95,81 @@ pub fn run(config: Config, command: ChaosCommand) -> Result<()> {
             let summary = scoregrid_chaos::check_dir(&dir, &references, weights)?;
             finish(&summary)
         }
+        ChaosCommand::Sim(args) => run_sim(&args),
     }
 }
 
+fn run_sim(args: &SimArgs) -> Result<()> {
+    let mut sizes = Vec::new();
+    for size in args.members.split(',').map(str::trim) {
+        match size {
+            "3" => sizes.push(3),
+            "5" => sizes.push(5),
+            other => {
+                bail!("--members: {other:?} is not a cluster size the simulation runs (3 or 5)")
+            }
+        }
+    }
+    let (first, count) = match args.seed {
+        Some(seed) => (seed, 1),
+        None => (
+            args.first.unwrap_or_else(|| clock_seed() % 1_000_000_000),
+            args.seeds,
+        ),
+    };
+    println!(
+        "chaos sim: seeds {first}..{} with {} members",
+        first.saturating_add(count),
+        args.members
+    );
+    let base = scoregrid_chaos::sim::default_base();
+    let started = std::time::Instant::now();
+    let (mut schedules, mut failing) = (0u64, 0u64);
+    for seed in first..first.saturating_add(count) {
+        for &members in &sizes {
+            let run = scoregrid_chaos::sim::run(seed, members, &base)?;
+            schedules += 1;
+            if args.verbose {
+                for event in &run.events {
+                    println!("  {event}");
+                }
+            }
+            if !run.violations.is_empty() {
+                failing += 1;
+                println!(
+                    "seed {seed} ({members} members): {} violations",
+                    run.violations.len()
+                );
+                for v in &run.violations {
+                    println!("  violation: {v}");
+                }
+                if !args.verbose {
+                    for event in run.events.iter().rev().take(15).rev() {
+                        println!("  {event}");
+                    }
+                }
+                println!("  replay: {}", run.replay_command());
+            }
+        }
+    }
+    println!(
+        "chaos sim: {schedules} schedules, {failing} with violations, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failing > 0 {
+        bail!("{failing} schedules broke an invariant");
+    }
+    Ok(())
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
 fn run_chaos(config: Config, args: RunArgs) -> Result<()> {
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = args.seed.unwrap_or_else(clock_seed);
     let faults = scoregrid_chaos::FaultKind::parse_list(&args.faults)?;
     let out = args
         .out

@@ -5,7 +5,8 @@
 //! afterwards and names every broken promise.
 //!
 //! `scoregrid chaos run` calls [`run`]; `scoregrid chaos check DIR` calls [`check_dir`] on the
-//! history of an earlier run.
+//! history of an earlier run; `scoregrid chaos sim` runs seeds of [`sim`], the deterministic
+//! simulation of the control plane (no processes, virtual time).
 //!
 //! # Layout
 //! - [`net`]: namespaces, the bridge, cuts and link disciplines.
@@ -17,6 +18,8 @@
 //! - [`checker`]: the invariants, checked over a history.
 //! - `run`, `converge`, `report`: one run start to end, the wait for one map after the final
 //!   heal, the verdict written out.
+//! - [`sim`]: Raft members, routers' map followers, an operator and a loader on a seeded
+//!   network in one thread, with its own invariants.
 //!
 //! # Limits
 //! One fault at a time (healed before the next); the harness's own link to every host (its
@@ -31,6 +34,7 @@ pub mod nemesis;
 pub mod net;
 mod report;
 mod run;
+pub mod sim;
 
 pub use nemesis::FaultKind;
 pub use report::{Summary, check_dir, references_of};

@@ -13,7 +13,7 @@ use crate::command::{MapCommand, MapResponse};
 use crate::map::{ClusterMap, Epoch};
 use crate::member::decode_cluster_reply;
 use crate::protocol::{ClusterError, ClusterReply, ClusterRequest, MapView, MemberStatus};
-use scoregrid_wire::{ClientEndpoint, NodeClient, NodeId, QuicClient, Request, Role};
+use scoregrid_wire::{ClientEndpoint, EpochClock, NodeClient, NodeId, QuicClient, Request, Role};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,9 +226,27 @@ pub struct FollowSettings {
     pub stale_after: Duration,
 }
 
+/// Makes the client a map follower calls a node through (QUIC in a process; the seeded
+/// network in the simulation).
+pub type SeedClients = dyn Fn(&Seed) -> Option<Arc<dyn NodeClient>> + Send + Sync;
+
 /// Follows the map through `seeds` (and the nodes of the map) until `shutdown`.
 pub fn follow_map(
     endpoint: ClientEndpoint,
+    seeds: Vec<Seed>,
+    settings: FollowSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> watch::Receiver<FollowedMap> {
+    let clock = endpoint.clock().clone();
+    let clients: Arc<SeedClients> = Arc::new(move |seed: &Seed| seed.client(&endpoint));
+    follow_map_with(clock, clients, seeds, settings, shutdown)
+}
+
+/// [`follow_map`] over any transport: `clients` makes the client to a node, `clock` is the
+/// epoch clock of the process (a newer epoch observed on it triggers a poll at once).
+pub fn follow_map_with(
+    clock: Arc<EpochClock>,
+    clients: Arc<SeedClients>,
     seeds: Vec<Seed>,
     settings: FollowSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -239,7 +257,7 @@ pub fn follow_map(
     });
     tokio::spawn(async move {
         tokio::select! {
-            () = follow(endpoint, seeds, settings, sender) => {}
+            () = follow(clock, clients, seeds, settings, sender) => {}
             () = shutdown => {}
         }
     });
@@ -247,20 +265,21 @@ pub fn follow_map(
 }
 
 async fn follow(
-    endpoint: ClientEndpoint,
+    clock: Arc<EpochClock>,
+    clients: Arc<SeedClients>,
     seeds: Vec<Seed>,
     settings: FollowSettings,
     sender: watch::Sender<FollowedMap>,
 ) {
-    let mut sources = Sources::new(&endpoint, seeds);
-    let mut observed = endpoint.clock().subscribe();
+    let mut sources = Sources::new(clients, seeds);
+    let mut observed = clock.subscribe();
     let mut last_fresh: Option<Instant> = None;
     let mut failures_in_a_row = 0usize;
     loop {
         let current = sender.borrow().clone();
         let epoch = current.epoch();
         // A newer epoch was seen on the wire: ask at once (and elsewhere if this source lags).
-        let behind = endpoint.clock().observed() > epoch.0;
+        let behind = clock.observed() > epoch.0;
         let wait = if behind {
             Duration::ZERO
         } else {
@@ -334,7 +353,7 @@ async fn follow(
                     stale,
                 };
                 if newer {
-                    endpoint.clock().set_own(next.epoch().0);
+                    clock.set_own(next.epoch().0);
                     tracing::info!(epoch = %next.epoch(), source = %view.source, "cluster map updated");
                 }
                 publish(&sender, next);
@@ -381,20 +400,20 @@ fn publish(sender: &watch::Sender<FollowedMap>, next: FollowedMap) {
 
 /// The nodes a follower may ask: the seeds, then the nodes of the map.
 struct Sources {
-    endpoint: ClientEndpoint,
+    make: Arc<SeedClients>,
     clients: Vec<(Option<NodeId>, Arc<dyn NodeClient>)>,
     known: BTreeMap<NodeId, String>,
     next: usize,
 }
 
 impl Sources {
-    fn new(endpoint: &ClientEndpoint, seeds: Vec<Seed>) -> Self {
+    fn new(make: Arc<SeedClients>, seeds: Vec<Seed>) -> Self {
         let clients = seeds
             .iter()
-            .filter_map(|seed| Some((seed.id, seed.client(endpoint)?)))
+            .filter_map(|seed| Some((seed.id, make(seed)?)))
             .collect();
         Self {
-            endpoint: endpoint.clone(),
+            make,
             clients,
             known: BTreeMap::new(),
             next: 0,
@@ -429,7 +448,7 @@ impl Sources {
                 addr,
                 name: Some(node.name.clone()),
             };
-            if let Some(client) = seed.client(&self.endpoint) {
+            if let Some(client) = (self.make)(&seed) {
                 self.clients.retain(|(id, _)| *id != Some(node.id));
                 self.clients.push((Some(node.id), client));
                 self.known.insert(node.id, node.address.clone());

@@ -18,7 +18,7 @@
 use crate::command::{MapCommand, MapResponse};
 use crate::log_store::LogStore;
 use crate::map::{ClusterMap, Epoch, NodeState};
-use crate::network::{Liveness, Network};
+use crate::network::{Liveness, Network, QuorumContact, leader_quorum_age};
 use crate::peers::PeerClients;
 use crate::protocol::{
     ClusterError, ClusterReply, ClusterRequest, MapView, MemberStatus, RaftReply, RaftRpc,
@@ -132,9 +132,11 @@ impl Member {
         .validate()
         .map_err(|e| MemberError::Config(e.to_string()))?;
         let liveness = Arc::new(Liveness::default());
+        let quorum = Arc::new(QuorumContact::default());
         let network = Network {
             peers: peers.clone(),
             liveness: liveness.clone(),
+            quorum: quorum.clone(),
             backoff: settings.heartbeat,
         };
         let raft = Raft::new(
@@ -146,6 +148,7 @@ impl Member {
         )
         .await
         .map_err(|e| MemberError::Start(e.to_string()))?;
+        quorum.set(raft.metrics());
         let (stop, stopped) = watch::channel(false);
         let member = Arc::new(Self {
             settings,
@@ -202,13 +205,11 @@ impl Member {
     }
 
     /// How long since this member had contact with a quorum: as leader, its last quorum
-    /// acknowledgement; otherwise the last append it accepted from a leader.
+    /// acknowledgement; otherwise that of the leader whose append it accepted last, as the
+    /// append said (a follower hears the quorum only through its leader).
     fn quorum_contact(&self, metrics: &RaftMetrics) -> Option<Duration> {
         if metrics.state == ServerState::Leader {
-            if metrics.membership_config.membership().voter_ids().count() == 1 {
-                return Some(Duration::ZERO);
-            }
-            return metrics.millis_since_quorum_ack.map(Duration::from_millis);
+            return leader_quorum_age(metrics);
         }
         self.leader_contact
             .lock()
@@ -308,19 +309,26 @@ impl Member {
         }
         let refused = |e: &dyn std::fmt::Display| RaftReply::Refused(e.to_string());
         match rpc {
-            RaftRpc::Append(request) => match self.raft.append_entries(request).await {
-                Ok(response) => {
-                    if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                        *self
-                            .leader_contact
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(Instant::now());
+            RaftRpc::Append(request, leader_quorum_ms) => {
+                match self.raft.append_entries(request).await {
+                    Ok(response) => {
+                        let accepted = !matches!(response, AppendEntriesResponse::HigherVote(_));
+                        // The leader's last quorum acknowledgement, not this append's arrival: a
+                        // leader cut off from its quorum keeps sending appends.
+                        let contact = leader_quorum_ms
+                            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+                        if accepted && let Some(at) = contact {
+                            let mut held = self
+                                .leader_contact
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            *held = Some(held.map_or(at, |before| before.max(at)));
+                        }
+                        RaftReply::Append(response)
                     }
-                    RaftReply::Append(response)
+                    Err(error) => refused(&error),
                 }
-                Err(error) => refused(&error),
-            },
+            }
             RaftRpc::Vote(request) => match self.raft.vote(request).await {
                 Ok(response) => RaftReply::Vote(response),
                 Err(error) => refused(&error),
@@ -549,7 +557,12 @@ impl Member {
                     return Err(ClusterError::Refused(other.to_string()));
                 }
                 Ok(Err(RaftError::Fatal(fatal))) => {
-                    return Err(ClusterError::Refused(format!("raft has stopped: {fatal}")));
+                    // The entry may already be on the others' logs and commit there: the
+                    // outcome is unknown, as after a timeout (exit 3), not a refusal.
+                    return Err(ClusterError::NoQuorum(format!(
+                        "raft stopped on node {} before the change was known to be committed                          ({fatal}); the others may still commit it: check `cluster status` or                          `model list`",
+                        self.settings.id
+                    )));
                 }
             }
             let pause = retry_pause.min(deadline.saturating_duration_since(Instant::now()));

@@ -6,6 +6,11 @@
 //! Every answer from a peer is also a sign of life: the leader's failure detector
 //! ([`crate::member`]) reads [`Liveness`], fed here by the heartbeats openraft sends anyway,
 //! so detecting a dead node costs no traffic of its own.
+//!
+//! Every append also carries the leader's own contact with a quorum ([`QuorumContact`]): a
+//! follower has contact with a quorum only through a leader that has it. (openraft 0.9 keeps a
+//! leader that lost its quorum leading, and its heartbeats to the followers on its side would
+//! otherwise make them call their maps fresh.)
 
 use crate::peers::PeerClients;
 use crate::protocol::{RaftReply, RaftRpc};
@@ -21,7 +26,9 @@ use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot};
 use scoregrid_wire::{NodeClient, NodeId, Request, Response, RpcError};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// When each member last answered this one (a Raft RPC reply of any kind).
@@ -56,11 +63,42 @@ impl Liveness {
     }
 }
 
+/// How long since a leader last had a quorum acknowledge it (`None`: not a leader, or no
+/// acknowledgement yet). openraft refreshes the figure on every turn of its loop, at least
+/// every heartbeat.
+pub fn leader_quorum_age(metrics: &openraft::RaftMetrics<u64, RaftPeer>) -> Option<Duration> {
+    if metrics.state != openraft::ServerState::Leader {
+        return None;
+    }
+    if metrics.membership_config.membership().voter_ids().count() == 1 {
+        return Some(Duration::ZERO);
+    }
+    metrics.millis_since_quorum_ack.map(Duration::from_millis)
+}
+
+/// The sending member's openraft metrics, for the quorum contact its appends carry (set once
+/// the member's `Raft` exists, which is after its network is made).
+#[derive(Debug, Default)]
+pub struct QuorumContact(OnceLock<watch::Receiver<openraft::RaftMetrics<u64, RaftPeer>>>);
+
+impl QuorumContact {
+    pub fn set(&self, metrics: watch::Receiver<openraft::RaftMetrics<u64, RaftPeer>>) {
+        let _ = self.0.set(metrics);
+    }
+
+    /// Milliseconds since this member, leading, last had a quorum acknowledge it.
+    fn leader_ms(&self) -> Option<u64> {
+        let metrics = self.0.get()?.borrow();
+        leader_quorum_age(&metrics).map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// The factory openraft asks for one connection per target.
 #[derive(Clone)]
 pub struct Network {
     pub(crate) peers: Arc<dyn PeerClients>,
     pub(crate) liveness: Arc<Liveness>,
+    pub(crate) quorum: Arc<QuorumContact>,
     /// How long openraft waits before trying an unreachable member again: one heartbeat, so a
     /// member that comes back (a healed partition, a restart) is in step within a heartbeat
     /// or two, not openraft's default half second.
@@ -71,6 +109,7 @@ pub struct PeerConnection {
     target: NodeId,
     client: Option<Arc<dyn NodeClient>>,
     liveness: Arc<Liveness>,
+    quorum: Arc<QuorumContact>,
     backoff: std::time::Duration,
 }
 
@@ -83,6 +122,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.peers.client(target, node),
             liveness: self.liveness.clone(),
+            quorum: self.quorum.clone(),
             backoff: self.backoff,
         }
     }
@@ -186,7 +226,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, RaftPeer, RaftError<u64>>> {
-        match self.exchange(RaftRpc::Append(rpc), &option).await {
+        let quorum_ms = self.quorum.leader_ms();
+        match self
+            .exchange(RaftRpc::Append(rpc, quorum_ms), &option)
+            .await
+        {
             Ok(RaftReply::Append(response)) => Ok(response),
             Ok(_) => Err(unexpected(self.target).into_rpc_error()),
             Err(failure) => Err(failure.into_rpc_error()),

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRpc {
-    Append(AppendEntriesRequest<TypeConfig>),
+    /// An append (or heartbeat), and how many milliseconds ago the leader sending it last had
+    /// a quorum acknowledge it (`None`: not since it was elected).
+    Append(AppendEntriesRequest<TypeConfig>, Option<u64>),
     Vote(VoteRequest<u64>),
     Snapshot(Box<SnapshotRpc>),
 }
@@ -35,7 +37,7 @@ impl RaftRpc {
     /// The member that sent it: the candidate or leader of its vote.
     pub fn sender(&self) -> Option<u64> {
         match self {
-            RaftRpc::Append(request) => request.vote.leader_id().voted_for(),
+            RaftRpc::Append(request, _) => request.vote.leader_id().voted_for(),
             RaftRpc::Vote(request) => request.vote.leader_id().voted_for(),
             RaftRpc::Snapshot(snapshot) => snapshot.vote.leader_id().voted_for(),
         }

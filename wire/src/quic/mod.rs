@@ -36,7 +36,8 @@ use thiserror::Error;
 /// [`Response`](crate::Response) that an older peer would misread.
 ///
 /// Version 2: envelopes carry the sender's map epoch; Raft and cluster-control requests.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: Raft appends carry the leader's contact with a quorum.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The TLS application protocol (ALPN) every scoregrid endpoint offers and requires: a peer that
 /// is not scoregrid at all fails the TLS handshake instead of reaching the Hello.
