@@ -97,7 +97,7 @@ fn a_short_run_checks_its_history_and_leaves_nothing_behind() {
     let mut guard = start_run(
         "25s",
         "3",
-        "partition-halves,partition-leader,kill,pause,loss,flip",
+        "partition-halves,partition-leader,kill,pause,loss,flip,load",
         &out_arg,
     );
     let pid = guard.child.id();
@@ -114,12 +114,14 @@ fn a_short_run_checks_its_history_and_leaves_nothing_behind() {
     assert!(requests >= 1000, "only {requests} requests: {last}");
     assert!(last.contains(" 0 violations"), "{last}");
     // The history holds what the checker read: faults of the kinds asked for, reads through
-    // both routers, the convergence after the heal.
+    // both routers, a load of a new version during the faults (seed 3 picks one fifth), the
+    // convergence after the heal.
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     for needle in [
         r#""op":"fault""#,
         r#""router":"r1""#,
         r#""router":"r2""#,
+        r#""command":"load chaos-v3 via "#,
         r#""op":"converge","converged":true"#,
     ] {
         assert!(history.contains(needle), "history lacks {needle}");

@@ -19,13 +19,30 @@
 //! 9. No map change is committed by a side without quorum: an activation asked through such a
 //!    side is never acknowledged.
 //! 8. Only 200, 503 and the transport's own failures (refused, timeout) are seen by readers: a
-//!    400 or 404 for a request that names a container of the model is a bug.
+//!    400 or 404 for a request that names a container of the model is a bug. (A walk's cursor
+//!    whose version is no longer retained gets a 400 that says so; that one is due.)
+//! 10. Only versions an activation may have made active are served: every answer's version
+//!     had an activation (a load with its flip, or a flip) asked before the answer came back,
+//!     one that was not refused. A load refused (not staged everywhere, say) is never served.
+//!
+//! Activations may overlap in time (a load runs on beside the nemesis's flips), so
+//! acknowledgements need not come in the order of their commits; invariant 6 allows any
+//! activation not followed in real time by an acknowledged one (see [`check_activations`]).
 
 use crate::history::{Event, Op, Page};
 use scoregrid_shard::ScoringWeights;
 use scoregrid_shard::reference::{ReferenceModel, ReferenceQuery};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+
+/// The fault kind of a load (see [`crate::nemesis::FaultKind::Load`]).
+const LOAD: &str = "load";
+/// How the history names the loads before the faults (`load chaos-v1 before the faults`).
+pub const BEFORE_FAULTS: &str = "before the faults";
+/// What the router says for a cursor of a version no longer retained.
+const NOT_RETAINED: &str = "no longer retained";
+const SERVED_ONLY_IF_ACTIVATED: &str =
+    "only versions an activation may have made active are served";
 
 /// Processes of the final round of reads (after convergence) have names starting with this.
 pub const FINAL_READER: &str = "final";
@@ -78,6 +95,18 @@ pub struct Verdict {
     pub by_fault: BTreeMap<String, Availability>,
     /// Milliseconds from the final heal to convergence, when it converged.
     pub converge_ms: Option<u64>,
+    /// The loads during the faults, by how they ended.
+    pub loads: LoadTally,
+}
+
+/// Loads of new versions while faults came and went (not the two before them).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadTally {
+    pub acknowledged: u64,
+    /// Exit 1: refused (not staged everywhere, say); nothing was activated.
+    pub refused: u64,
+    /// No quorum, or killed at the harness's timeout: the flip may have committed.
+    pub unknown: u64,
 }
 
 /// (product, score), in rank order.
@@ -152,12 +181,29 @@ pub fn check(
         })
         .collect();
     verdict.faults = faults.len() as u64;
+    let activations = activations(events);
+    for load in activations.iter().filter(|a| a.load && !a.before_faults) {
+        match load.code {
+            Some(0) => verdict.loads.acknowledged += 1,
+            Some(1) => verdict.loads.refused += 1,
+            _ => verdict.loads.unknown += 1,
+        }
+    }
+    // A load runs on under the other faults: a read is counted under the fault in force, and
+    // under `load` only when a load was the only thing going on.
     let fault_at = |t: u64| {
         faults
             .iter()
             .rev()
-            .find(|(from, to, _)| *from <= t && t <= *to)
-            .map_or("none", |f| f.2)
+            .find(|(from, to, kind)| *kind != LOAD && *from <= t && t <= *to)
+            .map(|f| f.2)
+            .or_else(|| {
+                activations
+                    .iter()
+                    .any(|a| a.load && a.invoke_ms <= t && t <= a.complete_ms)
+                    .then_some(LOAD)
+            })
+            .unwrap_or("none")
     };
     let converged = events.iter().find_map(|e| match &e.op {
         Op::Converge {
@@ -205,6 +251,9 @@ pub fn check(
                 }
                 let what =
                     format!("customer {customer} container {container} limit {limit} via {router}");
+                if let Some(why) = never_activated(&activations, page, event.complete_ms) {
+                    violation(SERVED_ONLY_IF_ACTIVATED, format!("{what}: {why}"));
+                }
                 if let Some(why) =
                     check_page(&mut rankings, page, *customer, *container, Some(*limit))
                 {
@@ -235,6 +284,17 @@ pub fn check(
                 pages,
                 ..
             } => {
+                let first = pages.iter().find(|p| p.status == 200);
+                if let Some(why) =
+                    first.and_then(|p| never_activated(&activations, p, event.complete_ms))
+                {
+                    violation(
+                        SERVED_ONLY_IF_ACTIVATED,
+                        format!(
+                            "walk of customer {customer} container {container} via {router}: {why}"
+                        ),
+                    );
+                }
                 if let Some(why) = check_walk(&mut rankings, pages, *customer, *container) {
                     violation(
                         "a walk stays on one version and pages the ranking",
@@ -285,7 +345,7 @@ pub fn check(
     }
     if let Some((event, true, active)) = &converged {
         verdict.converge_ms = Some(event.complete_ms.saturating_sub(event.invoke_ms));
-        if let Some(why) = check_activations(events, active.as_deref()) {
+        if let Some(why) = check_activations(&activations, active.as_deref()) {
             verdict.violations.push(Violation {
                 invariant: "the last acknowledged activation is the active version",
                 process: event.process.clone(),
@@ -356,6 +416,12 @@ fn check_walk(
     customer: u64,
     container: u64,
 ) -> Option<String> {
+    if let Some(page) = pages.iter().find(|p| {
+        !matches!(p.status, 0 | 200 | 503)
+            && !p.error.as_deref().is_some_and(|e| e.contains(NOT_RETAINED))
+    }) {
+        return Some(format!("status {} ({:?})", page.status, page.error));
+    }
     let answered: Vec<&Page> = pages.iter().filter(|p| p.status == 200).collect();
     let first = answered.first()?;
     if let Some(other) = answered.iter().find(|p| p.version != first.version) {
@@ -394,35 +460,79 @@ fn check_walk(
     None
 }
 
-/// Invariant 6: `active` is the last acknowledged activation, or a later unacknowledged one.
-fn check_activations(events: &[Event], active: Option<&str>) -> Option<String> {
-    let activations: Vec<(u64, &str, Option<i32>)> = events
+/// An activation of a version in the history: a load (with its flip) or a `model activate`.
+struct Activation<'a> {
+    invoke_ms: u64,
+    complete_ms: u64,
+    version: &'a str,
+    /// The exit code: 0 acknowledged, 1 refused (it did not and will not commit), else (3, or
+    /// `None` for a timeout) unknown.
+    code: Option<i32>,
+    load: bool,
+    /// The run's first version, loaded before the faults began.
+    before_faults: bool,
+}
+
+fn activations(events: &[Event]) -> Vec<Activation<'_>> {
+    events
         .iter()
         .filter_map(|e| match &e.op {
             Op::Operator {
-                version: Some(v),
+                command,
+                version: Some(version),
                 code,
                 ..
-            } => Some((e.complete_ms, v.as_str(), *code)),
+            } => Some(Activation {
+                invoke_ms: e.invoke_ms,
+                complete_ms: e.complete_ms,
+                version,
+                code: *code,
+                load: command.starts_with("load "),
+                before_faults: command.ends_with(BEFORE_FAULTS),
+            }),
             _ => None,
         })
+        .collect()
+}
+
+/// Invariant 10 for one answer that came back at `at_ms`: why its version cannot be served,
+/// if it cannot. A history without activations (from before they were recorded) is not
+/// checked.
+fn never_activated(activations: &[Activation<'_>], page: &Page, at_ms: u64) -> Option<String> {
+    let version = page.version.as_deref().filter(|_| page.status == 200)?;
+    if activations.is_empty() {
+        return None;
+    }
+    let allowed = activations
+        .iter()
+        .any(|a| a.version == version && a.code != Some(1) && a.invoke_ms <= at_ms);
+    (!allowed).then(|| {
+        format!(
+            "an answer from {version}, whose every activation asked before it was refused (or none was)"
+        )
+    })
+}
+
+/// Invariant 6: `active` is the version of an activation that was not refused and that no
+/// acknowledged activation followed in real time (invoked after it completed: Raft then
+/// committed that one after it). With activations in sequence this is the last acknowledged
+/// one or a later one of unknown outcome.
+fn check_activations(activations: &[Activation<'_>], active: Option<&str>) -> Option<String> {
+    let last_ack = activations
+        .iter()
+        .filter(|a| a.code == Some(0))
+        .max_by_key(|a| a.invoke_ms)?;
+    let allowed: Vec<&str> = activations
+        .iter()
+        .filter(|a| a.code != Some(1) && a.complete_ms >= last_ack.invoke_ms)
+        .map(|a| a.version)
         .collect();
-    let last_ack = activations.iter().rposition(|a| a.2 == Some(0))?;
-    let mut allowed = vec![activations[last_ack].1];
-    allowed.extend(
-        activations[last_ack + 1..]
-            .iter()
-            .filter(|a| a.2 != Some(1))
-            .map(|a| a.1),
-    );
     if active.is_some_and(|a| allowed.contains(&a)) {
         return None;
     }
     Some(format!(
-        "active after heal: {active:?}; the last acknowledged activation was {} at {} ms, and the ones after it that may have committed: {:?}",
-        activations[last_ack].1,
-        activations[last_ack].0,
-        &allowed[1..]
+        "active after heal: {active:?}; the last acknowledged activation was invoked at {} ms ({}), and those that may have committed after it: {allowed:?}",
+        last_ack.invoke_ms, last_ack.version,
     ))
 }
 
@@ -595,6 +705,91 @@ mod tests {
             violations(&[event(0, walk(gap))]),
             ["a walk stays on one version and pages the ranking"]
         );
+        // A cursor of a version that retention dropped gets a 400 that says so: due. Any
+        // other 400 in a walk is not.
+        let refused = |message: &str| Page {
+            status: 400,
+            error: Some(format!("bad_cursor: {message}")),
+            ..Page::default()
+        };
+        let dropped = vec![
+            page("v1", v1[..2].to_vec(), true, true),
+            refused("the cursor's model version v1 is no longer retained; start again"),
+        ];
+        assert!(violations(&[event(0, walk(dropped))]).is_empty());
+        let garbled = vec![
+            page("v1", v1[..2].to_vec(), true, true),
+            refused("the cursor does not decode"),
+        ];
+        assert_eq!(
+            violations(&[event(0, walk(garbled))]),
+            ["a walk stays on one version and pages the ranking"]
+        );
+    }
+
+    fn activation(command: &str, version: &str, code: Option<i32>, from: u64, to: u64) -> Event {
+        Event {
+            process: "loader".into(),
+            invoke_ms: from,
+            complete_ms: to,
+            op: Op::Operator {
+                command: format!("{command} {version}"),
+                version: Some(version.into()),
+                code,
+                message: String::new(),
+                minority: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_version_is_served_only_after_an_activation_of_it_that_was_not_refused() {
+        let refs = references();
+        let v2 = ranking(&refs, "v2");
+        let answer = |at| event(at, recommend(page("v2", v2[..2].to_vec(), true, true), 2));
+        let first = activation("load", "v1", Some(0), 0, 1);
+        let served = "only versions an activation may have made active are served";
+        assert_eq!(violations(&[first.clone(), answer(10)]), [served]);
+        // A refused load is never served; one asked after the answer does not count.
+        let refused = activation("load", "v2", Some(1), 2, 8);
+        assert_eq!(violations(&[first.clone(), refused, answer(10)]), [served]);
+        let later = activation("model activate", "v2", Some(0), 20, 21);
+        assert_eq!(violations(&[first.clone(), answer(10), later]), [served]);
+        // Of unknown outcome (no quorum, timeout), or acknowledged: it may be served.
+        for code in [None, Some(3), Some(0)] {
+            let asked = activation("load", "v2", code, 2, 30);
+            assert!(
+                violations(&[first.clone(), asked, answer(10)]).is_empty(),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_activations_may_commit_in_either_order() {
+        let converge = |v: &str| Event {
+            process: "harness".into(),
+            invoke_ms: 200,
+            complete_ms: 201,
+            op: Op::Converge {
+                converged: true,
+                active_version: Some(v.into()),
+                detail: String::new(),
+            },
+        };
+        let lost = ["the last acknowledged activation is the active version"];
+        // A load of v1 acknowledged at 100, a flip to v2 asked at 50 and acknowledged at 60:
+        // they overlap, so either may have committed last.
+        let load = activation("load", "v1", Some(0), 0, 100);
+        let flip = activation("model activate", "v2", Some(0), 50, 60);
+        for v in ["v1", "v2"] {
+            let events = [flip.clone(), load.clone(), converge(v)];
+            assert!(violations(&events).is_empty(), "{v}");
+        }
+        // A flip asked after the load was acknowledged commits after it.
+        let after = activation("model activate", "v2", Some(0), 110, 120);
+        assert!(violations(&[load.clone(), after.clone(), converge("v2")]).is_empty());
+        assert_eq!(violations(&[load, after, converge("v1")]), lost);
     }
 
     #[test]
@@ -710,5 +905,31 @@ mod tests {
         );
         assert_eq!(verdict.by_fault["none"].full, 1);
         assert!((verdict.availability.percent() - 200.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_read_during_a_load_counts_under_the_fault_in_force_or_else_under_load() {
+        let v1 = ranking(&references(), "v1");
+        let kill = Event {
+            process: "nemesis".into(),
+            invoke_ms: 10,
+            complete_ms: 20,
+            op: Op::Fault {
+                kind: "kill".into(),
+                detail: "n1".into(),
+            },
+        };
+        let read = |at| event(at, recommend(page("v1", v1[..1].to_vec(), true, true), 1));
+        let events = [
+            activation("load", "v1", Some(0), 0, 30),
+            read(5),
+            kill,
+            read(15),
+            read(40),
+        ];
+        let verdict = check(&events, &references(), ScoringWeights::default());
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+        let count = |kind: &str| verdict.by_fault.get(kind).map_or(0, |a| a.requests);
+        assert_eq!((count("load"), count("kill"), count("none")), (1, 1, 1));
     }
 }

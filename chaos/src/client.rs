@@ -149,7 +149,13 @@ fn page_of(answer: Result<(u16, Bytes), String>) -> Page {
     if status != 200 {
         return Page {
             status,
-            error: json["error"]["code"].as_str().map(str::to_string),
+            // The code, and the message after it: the checker reads both.
+            error: json["error"]["code"].as_str().map(|code| {
+                match json["error"]["message"].as_str() {
+                    Some(message) => format!("{code}: {message}"),
+                    None => code.to_string(),
+                }
+            }),
             ..Page::default()
         };
     }

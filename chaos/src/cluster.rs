@@ -307,19 +307,42 @@ impl Cluster {
         }
     }
 
-    /// Runs `scoregrid --config client.toml ARGS` from the harness's namespace, within
-    /// `timeout` (then it is killed and the outcome has no code).
+    /// Runs an operator command (`load`, `model activate`...) with the run's operator
+    /// configuration and waits for it, killing it at `timeout`.
     ///
     /// # Errors
-    /// Only when the command cannot be spawned; its exit code is in the outcome.
+    /// The command cannot be started.
     pub fn operator(&self, args: &[&str], timeout: Duration) -> Result<CommandOutcome, ChaosError> {
+        let mut running = self.spawn_operator(args, "operator", timeout)?;
+        loop {
+            if let Some(outcome) = running.poll()? {
+                return Ok(outcome);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts an operator command without waiting for it; its output goes to
+    /// `DIR/cluster/<tag>.out` and `.err` (files, not pipes: a chatty command never blocks on a
+    /// full pipe). Call from the harness's own thread (see [`die_with_parent`]).
+    ///
+    /// # Errors
+    /// The command cannot be started.
+    pub fn spawn_operator(
+        &self,
+        args: &[&str],
+        tag: &str,
+        timeout: Duration,
+    ) -> Result<RunningCommand, ChaosError> {
         let command = format!("scoregrid {}", args.join(" "));
         let failed = |e: std::io::Error| ChaosError::Command {
             command: command.clone(),
             message: e.to_string(),
         };
-        // Files, not pipes: a chatty command never blocks on a full pipe.
-        let (out_path, err_path) = (self.dir.join("operator.out"), self.dir.join("operator.err"));
+        let (out_path, err_path) = (
+            self.dir.join(format!("{tag}.out")),
+            self.dir.join(format!("{tag}.err")),
+        );
         let out = std::fs::File::create(&out_path).map_err(failed)?;
         let err = std::fs::File::create(&err_path).map_err(failed)?;
         let mut cmd = Command::new(&self.exe);
@@ -331,24 +354,13 @@ impl Cluster {
             .stdout(out)
             .stderr(err);
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().map_err(failed)?;
-        let deadline = Instant::now() + timeout;
-        let code = loop {
-            if let Some(status) = child.try_wait().map_err(failed)? {
-                break status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        Ok(CommandOutcome {
-            code,
-            stdout: read(&out_path),
-            stderr: read(&err_path),
+        let child = cmd.spawn().map_err(failed)?;
+        Ok(RunningCommand {
+            command,
+            child: Some(child),
+            deadline: Instant::now() + timeout,
+            out_path,
+            err_path,
         })
     }
 
@@ -360,6 +372,57 @@ impl Cluster {
     /// The node names, in id order.
     pub fn node_names(&self) -> Vec<String> {
         self.members.iter().map(|m| m.name.clone()).collect()
+    }
+}
+
+/// An operator command started by [`Cluster::spawn_operator`]; killed when dropped.
+pub struct RunningCommand {
+    pub command: String,
+    child: Option<Child>,
+    deadline: Instant,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl RunningCommand {
+    /// How it ended, once it has (killed at its deadline: exit code `None`); `None` while it
+    /// runs.
+    ///
+    /// # Errors
+    /// Its status cannot be read.
+    pub fn poll(&mut self) -> Result<Option<CommandOutcome>, ChaosError> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        let failed = |e: std::io::Error| ChaosError::Command {
+            command: self.command.clone(),
+            message: e.to_string(),
+        };
+        let code = match child.try_wait().map_err(failed)? {
+            Some(status) => status.code(),
+            None if Instant::now() > self.deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+            None => return Ok(None),
+        };
+        self.child = None;
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        Ok(Some(CommandOutcome {
+            code,
+            stdout: read(&self.out_path),
+            stderr: read(&self.err_path),
+        }))
+    }
+}
+
+impl Drop for RunningCommand {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

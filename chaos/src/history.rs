@@ -21,7 +21,7 @@ pub struct Page {
     pub answered: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
-    /// The error code of a JSON error, or what went wrong on the way.
+    /// The code and message of a JSON error (`code: message`), or what went wrong on the way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

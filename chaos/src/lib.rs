@@ -1,8 +1,8 @@
 //! The chaos harness: a real cluster (N node processes and two routers, each in its own Linux
 //! network namespace), a seeded schedule of faults against it (partitions with nftables, kill -9,
-//! SIGSTOP, netem delay, loss and duplication, model flips, maintenance) while clients read
-//! through both routers, a history of every operation, and a checker that reads the history
-//! afterwards and names every broken promise.
+//! SIGSTOP, netem delay, loss and duplication, model flips, maintenance, loads of new versions)
+//! while clients read through both routers, a history of every operation, and a checker that
+//! reads the history afterwards and names every broken promise.
 //!
 //! `scoregrid chaos run` calls [`run`]; `scoregrid chaos check DIR` calls [`check_dir`] on the
 //! history of an earlier run; `scoregrid chaos sim` runs seeds of [`sim`], the deterministic
@@ -13,6 +13,7 @@
 //! - [`cluster`]: the processes of a run, their certificates and configurations, operator
 //!   commands.
 //! - [`nemesis`]: the kinds of fault and how each is applied and healed.
+//! - [`loads`]: the run's model versions, and the loads that run on beside the faults.
 //! - [`client`]: readers, cursor walkers and observers, and the history recorder.
 //! - [`history`]: the events of `history.jsonl`.
 //! - [`checker`]: the invariants, checked over a history.
@@ -22,22 +23,25 @@
 //!   network in one thread, with its own invariants.
 //!
 //! # Limits
-//! One fault at a time (healed before the next); the harness's own link to every host (its
-//! clients, the loader and the operator) is never cut; at most [`NODES_MAX`] nodes.
+//! One fault at a time (healed before the next), and one load beside it; the harness's own
+//! link to every host (its clients, the loader and the operator) is never cut; at most
+//! [`NODES_MAX`] nodes.
 
 pub mod checker;
 pub mod client;
 pub mod cluster;
 mod converge;
 pub mod history;
+pub mod loads;
 pub mod nemesis;
 pub mod net;
 mod report;
 mod run;
 pub mod sim;
 
+pub use loads::references_of;
 pub use nemesis::FaultKind;
-pub use report::{Summary, check_dir, references_of};
+pub use report::{Summary, check_dir};
 pub use run::{RunOptions, run};
 
 /// Nodes a run starts at most.

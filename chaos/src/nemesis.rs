@@ -1,12 +1,15 @@
 //! The nemesis: a seeded schedule of faults, one at a time, each applied, held for a while and
-//! healed, with the time it was in force recorded in the history. The same seed on the same
-//! cluster size gives the same schedule (which fault, on which hosts, for how long); what the
-//! cluster does under it varies with timing, as in any real run.
+//! healed, with the time it was in force recorded in the history; a load (the `load` fault)
+//! runs on beside them. The same seed on the same cluster size gives the same schedule (which
+//! fault, on which hosts, for how long) up to when loads end (while one runs, the next fault is
+//! picked from the other kinds); what the cluster does under it varies with timing, as in any
+//! real run.
 
 use crate::ChaosError;
 use crate::client::Rng;
 use crate::cluster::Cluster;
 use crate::history::Op;
+use crate::loads::Loads;
 use crate::net::{LinkFault, Network};
 use std::time::Duration;
 
@@ -42,10 +45,14 @@ pub enum FaultKind {
     Flip,
     /// `cluster maintenance ID on`, and off at heal.
     Maintenance,
+    /// `scoregrid load` of a new version with its flip, through a random node. It runs on
+    /// while the next faults come and go (one load at a time) and ends as it ends: staged and
+    /// active, refused, without quorum, or killed after 60 s.
+    Load,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::PartitionHalves,
         FaultKind::PartitionLeader,
         FaultKind::PartitionBridge,
@@ -59,6 +66,7 @@ impl FaultKind {
         FaultKind::Duplicate,
         FaultKind::Flip,
         FaultKind::Maintenance,
+        FaultKind::Load,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +84,7 @@ impl FaultKind {
             FaultKind::Duplicate => "duplicate",
             FaultKind::Flip => "flip",
             FaultKind::Maintenance => "maintenance",
+            FaultKind::Load => "load",
         }
     }
 
@@ -124,9 +133,11 @@ pub struct Nemesis<'a> {
     pub network: &'a mut Network,
     pub cluster: &'a mut Cluster,
     pub rng: Rng,
-    /// The versions a flip alternates between, and the one it believes active.
-    pub versions: Vec<String>,
-    pub active: usize,
+    /// The version the nemesis believes active, and the one a flip goes back to (the active
+    /// one before it: a rollback).
+    pub active: String,
+    pub previous: String,
+    pub loads: &'a mut Loads,
     /// Finds the Raft leader's node name (through a router), if there is one.
     pub leader: Box<dyn FnMut() -> Option<String> + 'a>,
     pub operator_timeout: Duration,
@@ -167,7 +178,7 @@ impl Nemesis<'_> {
     ///
     /// # Errors
     /// A command the kernel refused, or a process that does not start again.
-    pub fn apply(&mut self, kind: FaultKind) -> Result<Applied, ChaosError> {
+    pub fn apply(&mut self, kind: FaultKind, at_ms: u64) -> Result<Applied, ChaosError> {
         let mut operator = None;
         // The side of a partition without quorum, if it has one: a flip asked through it must
         // fail.
@@ -282,6 +293,19 @@ impl Nemesis<'_> {
                 operator = Some(self.maintenance(&node, id, true).0);
                 (node, InForce::Maintenance(id))
             }
+            FaultKind::Load => {
+                let via = self.random_node()?;
+                if let Some(version) = self.loads.abandoned() {
+                    operator = Some(self.drop_version(&via, &version));
+                }
+                let (version, attempt) =
+                    self.loads
+                        .start(self.cluster, &via, &self.addr_of(&via), at_ms)?;
+                (
+                    format!("{version} via {via} (attempt {attempt})"),
+                    InForce::Nothing,
+                )
+            }
         };
         if !minority_side.is_empty() && self.rng.below(2) == 0 {
             let via = self.rng.pick(&minority_side).cloned().unwrap_or_default();
@@ -361,15 +385,41 @@ impl Nemesis<'_> {
         (op, code == Some(0))
     }
 
-    /// `model activate` of the version after the one believed active, through node `via`
-    /// (`minority`: a side without quorum, where it must fail).
+    /// The load that has just ended, if one has: when (it was invoked) and its history entry.
+    /// An acknowledged load makes its version the one believed active.
+    ///
+    /// # Errors
+    /// The load's status cannot be read.
+    pub fn poll_load(&mut self) -> Result<Option<(u64, Op)>, ChaosError> {
+        let Some(finished) = self.loads.poll()? else {
+            return Ok(None);
+        };
+        if finished.acknowledged {
+            self.previous = std::mem::replace(&mut self.active, finished.version);
+        }
+        Ok(Some((finished.invoke_ms, finished.op)))
+    }
+
+    /// `model drop V` through node `via`, for a version the run gave up loading.
+    fn drop_version(&self, via: &str, version: &str) -> Op {
+        let outcome = self.operator(via, &["model", "drop", version]);
+        Op::Operator {
+            command: format!("model drop {version} via {via}"),
+            version: None,
+            code: outcome.as_ref().ok().and_then(|o| o.0),
+            message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
+            minority: false,
+        }
+    }
+
+    /// `model activate` of the version active before the one believed active (a rollback),
+    /// through node `via` (`minority`: a side without quorum, where it must fail).
     fn flip(&mut self, via: &str, minority: bool) -> (Op, String) {
-        let next = (self.active + 1) % self.versions.len().max(1);
-        let version = self.versions.get(next).cloned().unwrap_or_default();
+        let version = self.previous.clone();
         let outcome = self.operator(via, &["model", "activate", &version]);
         let code = outcome.as_ref().ok().and_then(|o| o.0);
         if code == Some(0) {
-            self.active = next;
+            std::mem::swap(&mut self.active, &mut self.previous);
         }
         let op = Op::Operator {
             command: format!("model activate {version} via {via}"),
@@ -397,15 +447,18 @@ impl Nemesis<'_> {
             .map_or(0, |m| m.id)
     }
 
-    /// An operator command through node `via`: (exit code, its first line of output).
-    fn operator(&self, via: &str, args: &[&str]) -> Result<(Option<i32>, String), ChaosError> {
-        let addr = self
-            .cluster
+    fn addr_of(&self, name: &str) -> String {
+        self.cluster
             .members
             .iter()
-            .find(|m| m.name == via)
+            .find(|m| m.name == name)
             .map(|m| m.addr.to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// An operator command through node `via`: (exit code, its first line of output).
+    fn operator(&self, via: &str, args: &[&str]) -> Result<(Option<i32>, String), ChaosError> {
+        let addr = self.addr_of(via);
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--cluster", &addr]);
         let outcome = self.cluster.operator(&all, self.operator_timeout)?;

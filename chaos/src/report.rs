@@ -2,7 +2,6 @@
 
 use crate::ChaosError;
 use crate::checker::{self, Verdict};
-use crate::run::{VERSIONS, reference_of};
 use scoregrid_shard::ScoringWeights;
 use scoregrid_shard::reference::ReferenceModel;
 use std::collections::BTreeMap;
@@ -69,11 +68,15 @@ fn report_text(verdict: &Verdict) -> String {
         ));
     }
     text.push_str(&format!(
-        "\nFaults: {}. Convergence after the final heal: {}.\n\n## Violations: {}\n\n",
+        "\nFaults: {}. Convergence after the final heal: {}. Loads during the faults: {} \
+         acknowledged, {} refused, {} of unknown outcome.\n\n## Violations: {}\n\n",
         verdict.faults,
         verdict
             .converge_ms
             .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
+        verdict.loads.acknowledged,
+        verdict.loads.refused,
+        verdict.loads.unknown,
         verdict.violations.len()
     ));
     for v in verdict.violations.iter().take(100) {
@@ -83,15 +86,4 @@ fn report_text(verdict: &Verdict) -> String {
         ));
     }
     text
-}
-
-/// The reference models of a run's directory (for `chaos check`).
-///
-/// # Errors
-/// A model of the run cannot be read.
-pub fn references_of(dir: &Path) -> Result<BTreeMap<String, ReferenceModel>, ChaosError> {
-    VERSIONS
-        .iter()
-        .map(|v| Ok(((*v).to_string(), reference_of(&dir.join("models").join(v))?)))
-        .collect()
 }

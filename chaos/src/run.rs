@@ -4,30 +4,31 @@
 //! the nemesis; the clients run on the given tokio runtime.
 
 use crate::ChaosError;
-use crate::checker::FINAL_READER;
+use crate::checker::{BEFORE_FAULTS, FINAL_READER};
 use crate::client::{self, Recorder, Rng, Workload};
 use crate::cluster::{Cluster, Kind};
 use crate::converge::{converge, leader_of_nodes};
 use crate::history::Op;
+use crate::loads::references_of;
+use crate::loads::{Loads, VERSIONS, gen_model, reference_of};
 use crate::nemesis::{FaultKind, Nemesis};
 use crate::net::Network;
 use crate::report::{Summary, check_dir};
 use scoregrid_config::Config;
 use scoregrid_shard::ScoringWeights;
 use scoregrid_shard::reference::ReferenceModel;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The two versions a run loads and flips between.
-pub(crate) const VERSIONS: [&str; 2] = ["chaos-v1", "chaos-v2"];
-/// How long a load may take (the run's model is small).
+/// How long a load before the faults may take (the run's model is small).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Operator commands during faults.
 const OPERATOR_TIMEOUT: Duration = Duration::from_secs(15);
+/// The least time between two faults.
+const GAP_MIN: Duration = Duration::from_millis(200);
 /// Reads per router after convergence.
 const FINAL_READS: usize = 20;
 
@@ -45,45 +46,6 @@ pub struct RunOptions {
     pub base: Config,
     /// Set when the run is interrupted (Ctrl-C): it heals, checks what it has and cleans up.
     pub interrupted: Arc<AtomicBool>,
-}
-
-fn gen_model(exe: &Path, dir: &Path, seed: u64, version: &str) -> Result<(), ChaosError> {
-    let out = dir.to_string_lossy().into_owned();
-    let seed = seed.to_string();
-    crate::net::sh(
-        &exe.to_string_lossy(),
-        &[
-            "gen",
-            "--out",
-            &out,
-            "--customers",
-            "3000",
-            "--products",
-            "800",
-            "--containers",
-            "12",
-            "--pool-products",
-            "300",
-            "--dim",
-            "16",
-            "--format",
-            "jsonl",
-            "--seed",
-            &seed,
-            "--version",
-            version,
-        ],
-    )
-    .map(drop)
-}
-
-pub(crate) fn reference_of(dir: &Path) -> Result<ReferenceModel, ChaosError> {
-    let manifest =
-        scoregrid_loader::read_manifest(dir).map_err(|e| ChaosError::Setup(e.to_string()))?;
-    let mut reference = ReferenceModel::new(manifest.dim);
-    scoregrid_loader::load_model(dir, &mut reference)
-        .map_err(|e| ChaosError::Setup(e.to_string()))?;
-    Ok(reference)
 }
 
 /// Runs the cluster under the nemesis for `options.duration`, then checks the history.
@@ -107,7 +69,6 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(|e| ChaosError::io(out, e))?;
     let models = out.join("models");
-    let mut references = BTreeMap::new();
     let mut model_dirs = Vec::new();
     for (i, version) in VERSIONS.iter().enumerate() {
         let dir = models.join(version);
@@ -119,10 +80,9 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
                 version,
             )?;
         }
-        references.insert((*version).to_string(), reference_of(&dir)?);
         model_dirs.push(dir);
     }
-    let workload = Arc::new(workload_of(&references[VERSIONS[0]]));
+    let workload = Arc::new(workload_of(&reference_of(&model_dirs[0])?));
 
     let run_id = std::process::id();
     let mut hosts: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
@@ -143,7 +103,7 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
         Recorder::create(&out.join("history.jsonl"), start)
             .map_err(|e| ChaosError::io(&out.join("history.jsonl"), e))?,
     );
-    bring_up(&mut cluster, runtime, &model_dirs)?;
+    bring_up(&mut cluster, runtime, &model_dirs, &recorder)?;
     println!(
         "chaos: cluster ready ({} nodes, 2 routers, models {} and {}) in {:.1} s; seed {}",
         options.nodes,
@@ -203,18 +163,25 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let mut loads = Loads::new(&options.exe, &models, options.seed);
     let nemesis_result = run_nemesis(
         &mut network,
         &mut cluster,
+        &mut loads,
         &recorder,
         runtime,
         &options,
         &kinds,
         &routers,
     );
-    // Heal, whatever happened, then wait for one map.
+    // Heal, whatever happened; let a load still running end; then wait for one map.
     let healed_at = recorder.now_ms();
     let healed = heal_everything(&mut network, &mut cluster);
+    let load_ended = loads.finish().map(|finished| {
+        if let Some(finished) = finished {
+            recorder.record("loader", finished.invoke_ms, finished.op);
+        }
+    });
     let convergence = converge(&cluster, runtime, &routers);
     let (converged, active, detail) = match &convergence {
         Ok(active) => (
@@ -254,6 +221,8 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
     network.teardown();
     nemesis_result?;
     healed?;
+    load_ended?;
+    let references = references_of(out)?;
     let summary = check_dir(out, &references, base_weights(&options.base))?;
     Ok(summary)
 }
@@ -294,11 +263,13 @@ fn workload_of(reference: &ReferenceModel) -> Workload {
     }
 }
 
-/// Starts the nodes, loads both versions (the first active), starts the routers.
+/// Starts the nodes, loads both versions (the first active, recorded as the run's first
+/// activation), starts the routers.
 fn bring_up(
     cluster: &mut Cluster,
     runtime: &tokio::runtime::Handle,
     models: &[PathBuf],
+    recorder: &Recorder,
 ) -> Result<(), ChaosError> {
     for node in cluster.node_names() {
         cluster.start(&node)?;
@@ -306,13 +277,26 @@ fn bring_up(
     wait_for(Duration::from_secs(60), "a Raft leader", || {
         leader_of_nodes(runtime, cluster).map(drop)
     })?;
-    for (i, dir) in models.iter().enumerate() {
+    for (i, (dir, version)) in models.iter().zip(VERSIONS).enumerate() {
         let dir = dir.to_string_lossy().into_owned();
         let mut args = vec!["load", "--model", dir.as_str()];
         if i > 0 {
             args.push("--no-activate");
         }
+        let invoke = recorder.now_ms();
         let outcome = cluster.operator(&args, LOAD_TIMEOUT)?;
+        recorder.record(
+            "loader",
+            invoke,
+            Op::Operator {
+                command: format!("load {version} {BEFORE_FAULTS}"),
+                // Only the first is activated: the other is staged for flips.
+                version: (i == 0).then(|| version.to_string()),
+                code: outcome.code,
+                message: String::new(),
+                minority: false,
+            },
+        );
         if outcome.code != Some(0) {
             return Err(ChaosError::Setup(format!(
                 "scoregrid {} exited {:?}: {}{}",
@@ -369,9 +353,11 @@ fn wait_for(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_nemesis(
     network: &mut Network,
     cluster: &mut Cluster,
+    loads: &mut Loads,
     recorder: &Recorder,
     runtime: &tokio::runtime::Handle,
     options: &RunOptions,
@@ -389,8 +375,9 @@ fn run_nemesis(
         network,
         cluster,
         rng: Rng::new(options.seed),
-        versions: VERSIONS.iter().map(|v| (*v).to_string()).collect(),
-        active: 0,
+        active: VERSIONS[0].to_string(),
+        previous: VERSIONS[1].to_string(),
+        loads,
         leader: Box::new(move || {
             let (_, body) = runtime
                 .block_on(client::get_once(router?, "/v1/cluster"))
@@ -404,18 +391,24 @@ fn run_nemesis(
     let deadline = Instant::now() + options.duration;
     let interrupted = || options.interrupted.load(Ordering::Relaxed);
     while Instant::now() < deadline && !interrupted() {
-        let kind = *nemesis
-            .rng
-            .pick(kinds)
-            .ok_or_else(|| ChaosError::Invalid("no fault".into()))?;
+        // One load at a time: while one runs on, the others are picked from.
+        let choices: Vec<FaultKind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != FaultKind::Load || !nemesis.loads.running())
+            .collect();
+        let Some(&kind) = nemesis.rng.pick(&choices) else {
+            wait_unless(&mut nemesis, recorder, GAP_MIN, &options.interrupted)?;
+            continue;
+        };
         let hold = Duration::from_millis(500 + nemesis.rng.below(2500));
-        let gap = Duration::from_millis(200 + nemesis.rng.below(500));
+        let gap = GAP_MIN + Duration::from_millis(nemesis.rng.below(500));
         let applied_at = recorder.now_ms();
-        let applied = nemesis.apply(kind)?;
+        let applied = nemesis.apply(kind, applied_at)?;
         if let Some(op) = &applied.operator {
             recorder.record("operator", applied_at, op.clone());
         }
-        sleep_unless(hold, &options.interrupted);
+        wait_unless(&mut nemesis, recorder, hold, &options.interrupted)?;
         let healing_at = recorder.now_ms();
         let healed = nemesis.heal(&applied);
         recorder.record("nemesis", applied_at, applied.fault.clone());
@@ -434,16 +427,26 @@ fn run_nemesis(
             );
             nemesis.cluster.start(&process)?;
         }
-        sleep_unless(gap, &options.interrupted);
+        wait_unless(&mut nemesis, recorder, gap, &options.interrupted)?;
     }
     Ok(())
 }
 
-fn sleep_unless(duration: Duration, interrupted: &AtomicBool) {
+/// Waits `duration` (less when interrupted), recording a load that ends meanwhile.
+fn wait_unless(
+    nemesis: &mut Nemesis<'_>,
+    recorder: &Recorder,
+    duration: Duration,
+    interrupted: &AtomicBool,
+) -> Result<(), ChaosError> {
     let until = Instant::now() + duration;
     while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
+        if let Some((invoke_ms, op)) = nemesis.poll_load()? {
+            recorder.record("loader", invoke_ms, op);
+        }
         std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
     }
+    Ok(())
 }
 
 fn heal_everything(network: &mut Network, cluster: &mut Cluster) -> Result<(), ChaosError> {

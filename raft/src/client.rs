@@ -88,6 +88,12 @@ impl ClusterClient {
             .iter()
             .filter_map(|seed| Some((seed.clone(), seed.client(endpoint)?)))
             .collect();
+        Self::with_clients(nodes, timeout)
+    }
+
+    /// Clients to the given nodes (any transport); each request goes to the first that
+    /// answers.
+    pub fn with_clients(nodes: Vec<(Seed, Arc<dyn NodeClient>)>, timeout: Duration) -> Self {
         Self {
             nodes,
             preferred: std::sync::atomic::AtomicUsize::new(0),
@@ -165,6 +171,26 @@ impl ClusterClient {
         let request = ClusterRequest::Watch {
             after: Epoch(u64::MAX),
             wait_ms: 0,
+        };
+        match self.call(&request).await? {
+            ClusterReply::Map(view) => Ok(*view),
+            ClusterReply::Error(error) => Err(error.into()),
+            other => Err(ClusterError::Refused(format!("unexpected answer {other:?}")).into()),
+        }
+    }
+
+    /// The first answering node's map once it holds `epoch` (a change this client made: a
+    /// follower applies a committed change a heartbeat or more after the leader answered,
+    /// and one cut off from the leader never does). Waits at most about the client's timeout;
+    /// the view it returns may still be older, which the caller must check.
+    ///
+    /// # Errors
+    /// As [`ClusterClient::call`].
+    pub async fn map_at_least(&self, epoch: Epoch) -> Result<MapView, ClientError> {
+        let wait = self.timeout.saturating_sub(Duration::from_millis(200));
+        let request = ClusterRequest::Watch {
+            after: Epoch(epoch.0.saturating_sub(1)),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
         };
         match self.call(&request).await? {
             ClusterReply::Map(view) => Ok(*view),

@@ -562,7 +562,18 @@ mod tests {
         assert_eq!(state.as_ref().unwrap().active_model(), Some(&v("v1")));
         let reason = refusal(&mut state, MapCommand::DropModel { version: v("v1") });
         assert!(reason.contains("is active"), "{reason}");
-        let reason = refusal(&mut state, register);
+        // A rerun of the load that activated it (its outcome unknown to its loader) finds it
+        // done; other contents under its name are refused.
+        assert!(matches!(
+            apply(&mut state, &register),
+            MapResponse::Unchanged { .. }
+        ));
+        let other = MapCommand::RegisterModel {
+            version: v("v1"),
+            digest: 2,
+            checksums,
+        };
+        let reason = refusal(&mut state, other);
         assert!(reason.contains("already active"), "{reason}");
     }
 

@@ -39,7 +39,11 @@ pub(crate) fn register(
     }
     if let Some(record) = map.model(version) {
         return match record.state {
-            ModelState::Staging if record.digest == digest && record.checksums == checksums => {
+            // A rerun of a load: of one still staging (it resumes), or of one that became
+            // active though its loader did not learn it (a flip without a known outcome).
+            ModelState::Staging | ModelState::Active
+                if record.digest == digest && record.checksums == checksums =>
+            {
                 Ok(false)
             }
             ModelState::Staging => Err(format!(

@@ -33,6 +33,8 @@ mod cluster;
 mod history;
 mod nemesis;
 mod net;
+#[cfg(test)]
+mod tests;
 
 use actors::{Clients, InFlight};
 use cluster::{Cluster, ELECTION_MAX, FOLLOW, WATCH_GRACE};

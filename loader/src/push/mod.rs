@@ -36,7 +36,7 @@ use scoregrid_wire::message::FILE_CHUNK_BYTES_MAX;
 use scoregrid_wire::{ClientEndpoint, NodeClient, NodeId, QuicClient, Role};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,9 +112,21 @@ pub enum PushError {
     )]
     Stale { node: NodeId, epoch: Epoch },
     #[error(
+        "no quorum: node {node} has not applied this load's own change (epoch {wanted}) in time; its map is at epoch {epoch}: it may be cut off from the leader"
+    )]
+    Behind {
+        node: NodeId,
+        epoch: Epoch,
+        wanted: Epoch,
+    },
+    #[error(
         "the model was cut into {model} partitions, the cluster has {cluster}: set placement.partitions to {cluster}"
     )]
     Partitions { model: u32, cluster: u32 },
+    #[error(
+        "model version {version} was activated and then retired by a flip to another version; `scoregrid model activate {version}` flips back to it"
+    )]
+    Retired { version: ModelVersion },
     #[error("model version {version} left the map during the load (dropped?)")]
     Vanished { version: ModelVersion },
     #[error(
@@ -134,7 +146,7 @@ impl PushError {
     pub fn exit_code(&self) -> i32 {
         match self {
             PushError::Cluster(error) => error.exit_code(),
-            PushError::Stale { .. } => 3,
+            PushError::Stale { .. } | PushError::Behind { .. } => 3,
             _ => 1,
         }
     }
@@ -151,6 +163,9 @@ struct Push<'a> {
     progress: Progress,
     pacer: Option<Pacer>,
     report: Mutex<PushReport>,
+    /// The epoch of this load's last map change (its registration, its staging reports):
+    /// the maps it reads must hold it.
+    last_change: AtomicU64,
 }
 
 /// A version ready to push: its directory and its encoded partition files, in RAM or in a
@@ -258,7 +273,7 @@ pub async fn push(
         )));
     }
     let started = Instant::now();
-    let map = current_map(client).await?;
+    let map = current_map(client, Epoch(0)).await?;
     let PushModel {
         directory,
         files,
@@ -289,6 +304,7 @@ pub async fn push(
         pacer: Pacer::new(options.bytes_per_second),
         options,
         report: Mutex::new(report),
+        last_change: AtomicU64::new(0),
     };
     let result = push.run().await;
     push.progress.finish();
@@ -302,11 +318,24 @@ pub async fn push(
     Ok(report)
 }
 
-async fn current_map(client: &ClusterClient) -> Result<ClusterMap, PushError> {
-    let view = client.map().await?;
+/// The map as a node knows it, once that node has applied epoch `at_least` (the load's own
+/// last change: a follower applies a committed change some time after the leader answered).
+async fn current_map(client: &ClusterClient, at_least: Epoch) -> Result<ClusterMap, PushError> {
+    let view = if at_least == Epoch(0) {
+        client.map().await?
+    } else {
+        client.map_at_least(at_least).await?
+    };
     let Some(map) = view.map else {
         return Err(PushError::NoMap);
     };
+    if map.epoch < at_least {
+        return Err(PushError::Behind {
+            node: view.source,
+            epoch: map.epoch,
+            wanted: at_least,
+        });
+    }
     if view.stale {
         return Err(PushError::Stale {
             node: view.source,
@@ -327,19 +356,34 @@ impl Push<'_> {
             digest: self.directory.digest(),
             checksums: self.files.iter().map(|f| f.checksum).collect(),
         };
-        self.client.propose(command, Role::Loader).await?;
+        match self.client.propose(command, Role::Loader).await? {
+            MapResponse::Applied { epoch } | MapResponse::Unchanged { epoch } => {
+                self.last_change.fetch_max(epoch.0, Ordering::Relaxed);
+            }
+            MapResponse::Refused { reason } => {
+                return Err(ClientError::Cluster(ClusterError::Refused(reason)).into());
+            }
+            MapResponse::Nothing => {}
+        }
         let mut detail = String::new();
         for round in 1..=self.options.rounds {
-            let map = current_map(self.client).await?;
+            let map = self.map().await?;
             self.endpoint.clock().set_own(map.epoch.0);
             let Some(record) = map.model(&self.version) else {
                 return Err(PushError::Vanished {
                     version: self.version.clone(),
                 });
             };
-            if record.state != ModelState::Staging {
-                // Activated meanwhile (by another loader, or an operator): nothing left to do.
-                return Ok(None);
+            match record.state {
+                ModelState::Staging => {}
+                // Activated meanwhile (by another loader, an operator, or an earlier run of
+                // this load whose outcome was not known): nothing left to do.
+                ModelState::Active => return Ok(None),
+                ModelState::Retired => {
+                    return Err(PushError::Retired {
+                        version: self.version.clone(),
+                    });
+                }
             }
             let failures = self.stage_round(&map, round).await?;
             if self.options.activate {
@@ -356,7 +400,7 @@ impl Push<'_> {
                     Err(error) => return Err(error.into()),
                 }
             } else {
-                let map = current_map(self.client).await?;
+                let map = self.map().await?;
                 let missing = map
                     .model(&self.version)
                     .map(|record| missing_copies(&map, record).len())
@@ -554,8 +598,17 @@ impl Push<'_> {
                 .map(|&p| (p, self.files[p.index()].checksum))
                 .collect(),
         };
-        self.client.propose(command, Role::Loader).await?;
+        if let MapResponse::Applied { epoch } | MapResponse::Unchanged { epoch } =
+            self.client.propose(command, Role::Loader).await?
+        {
+            self.last_change.fetch_max(epoch.0, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// The map once it holds this load's last change.
+    async fn map(&self) -> Result<ClusterMap, PushError> {
+        current_map(self.client, Epoch(self.last_change.load(Ordering::Relaxed))).await
     }
 }
 
