@@ -1,7 +1,8 @@
-//! The chaos harness end to end: `scoregrid chaos run` starts 3 nodes and 2 routers in network
-//! namespaces, runs faults while clients read, heals, checks, and leaves nothing behind; a run
-//! interrupted with SIGINT heals, checks what it has and cleans up too. Needs root (`ip netns`,
-//! nftables): without it the run fails with the kernel's reason, and so does this test.
+//! The chaos harness end to end: `scoregrid chaos run` starts 3 or 4 nodes and 2 routers in
+//! network namespaces, runs faults while clients read, heals, checks, and leaves nothing behind;
+//! a run interrupted with SIGINT heals, checks what it has and cleans up too. Needs root
+//! (`ip netns`, nftables): without it the run fails with the kernel's reason, and so does this
+//! test.
 //!
 //! The long run of CI (.ci/run, 50 faults and more) is the harness's real use; these runs are
 //! short and check the harness itself.
@@ -68,13 +69,13 @@ fn lines_until_exit(guard: &ChildGuard) -> Vec<String> {
 }
 
 /// `scoregrid chaos run` of 3 nodes with these settings, its output in `out`.
-fn start_run(duration: &str, seed: &str, faults: &str, out: &str) -> ChildGuard {
+fn start_run(nodes: &str, duration: &str, seed: &str, faults: &str, out: &str) -> ChildGuard {
     ChildGuard::start(
         &[
             "chaos",
             "run",
             "--nodes",
-            "3",
+            nodes,
             "--duration",
             duration,
             "--seed",
@@ -94,10 +95,12 @@ fn a_short_run_checks_its_history_and_leaves_nothing_behind() {
     let temp = tempfile::tempdir().unwrap();
     let out = temp.path().join("run");
     let out_arg = out.to_string_lossy().into_owned();
+    // 4 nodes: 3 voters and a learner, which membership faults remove and re-join.
     let mut guard = start_run(
-        "25s",
+        "4",
+        "30s",
         "3",
-        "partition-halves,partition-leader,kill,pause,loss,flip,load",
+        "partition-halves,partition-leader,kill,pause,loss,flip,load,membership",
         &out_arg,
     );
     let pid = guard.child.id();
@@ -110,18 +113,19 @@ fn a_short_run_checks_its_history_and_leaves_nothing_behind() {
     assert_eq!(words.first(), Some(&"chaos:"), "{lines:#?}");
     let faults: u64 = words[1].parse().unwrap_or(0);
     let requests: u64 = words[3].trim_end_matches(',').parse().unwrap_or(0);
-    assert!(faults >= 5, "only {faults} faults in 25 s: {last}");
+    assert!(faults >= 6, "only {faults} faults in 30 s: {last}");
     assert!(requests >= 1000, "only {requests} requests: {last}");
     assert!(last.contains(" 0 violations"), "{last}");
     // The history holds what the checker read: faults of the kinds asked for, reads through
-    // both routers, a load of a new version during the faults (seed 3 picks one fifth), the
-    // convergence after the heal.
+    // both routers, a load of a new version during the faults (seed 3 picks one second), a
+    // removal of the learner (sixth), the convergence after the heal.
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     for needle in [
         r#""op":"fault""#,
         r#""router":"r1""#,
         r#""router":"r2""#,
         r#""command":"load chaos-v3 via "#,
+        r#""command":"cluster remove 4 via "#,
         r#""op":"converge","converged":true"#,
     ] {
         assert!(history.contains(needle), "history lacks {needle}");
@@ -151,7 +155,7 @@ fn an_interrupted_run_heals_checks_and_cleans_up() {
     let temp = tempfile::tempdir().unwrap();
     let out = temp.path().join("run");
     let out_arg = out.to_string_lossy().into_owned();
-    let mut guard = start_run("10m", "5", "partition-halves,pause", &out_arg);
+    let mut guard = start_run("3", "10m", "5", "partition-halves,pause", &out_arg);
     let pid = guard.child.id();
     guard.wait_for_line("cluster ready", 180);
     assert!(!namespaces_of(pid).is_empty(), "the run made no namespace");

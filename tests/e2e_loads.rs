@@ -13,8 +13,9 @@
 //!    and from every node's disk; `model drop` removes a retired one.
 //! 5. The loader killed mid-load: V2 keeps serving; a rerun resumes (copies already staged are
 //!    not sent again) and completes.
-//! 6. A node stopped (SIGSTOP) mid-load: it is marked down, the load completes on the replicas
-//!    that are up, and the node, resumed, fetches the new version before it serves it.
+//! 6. A node stopped (SIGSTOP) mid-load, the very node the loader was given (`--cluster`): it
+//!    is marked down, the load goes on through the map's other nodes and completes on the
+//!    replicas that are up, and the node, resumed, fetches the new version before it serves it.
 //! 7. A version bigger than the loader's memory loads, the loader's peak RSS below its size.
 
 mod common;
@@ -518,16 +519,54 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
         .expect("a leader");
     let victim = (1..=3).find(|&n| n != leader).expect("a follower");
     let victim_process = &processes[&format!("node-{victim}")];
+    // The loader is given the victim (`--cluster`) and the victim stops once the load is under
+    // way: the load goes on through the other nodes of the map (chaos: a load through a node
+    // killed mid-load failed with "no node answered").
+    let victim_addr = victim_process.addr.to_string();
+    let v5_arg = v5_dir.to_str().expect("utf-8").to_owned();
+    let mut loader = std::process::Command::new(env!("CARGO_BIN_EXE_scoregrid"))
+        .arg("--config")
+        .arg(&client)
+        .args(["load", "--model", &v5_arg, "--cluster", &victim_addr])
+        .envs(slow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the loader");
+    let stderr = loader.stderr.take().expect("stderr");
+    let (under_way, progress) = std::sync::mpsc::channel();
+    let stderr_lines = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("percent=10") {
+                let _ = under_way.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    let started =
+        tokio::task::spawn_blocking(move || progress.recv_timeout(Duration::from_secs(60)).is_ok())
+            .await
+            .expect("progress task");
     signal(victim_process.pid, "-STOP");
-    let (code, out, err) = scoregrid_async(
-        &client,
-        &["load", "--model", v5_dir.to_str().expect("utf-8")],
-    )
-    .await;
+    let output = tokio::task::spawn_blocking(move || loader.wait_with_output())
+        .await
+        .expect("wait task")
+        .expect("the loader ends");
     signal(victim_process.pid, "-CONT");
-    assert_eq!(
-        code, 0,
-        "the load completes without the stopped node: {out} {err}"
+    let err = stderr_lines.join().unwrap_or_default();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        started,
+        "the load reached 10% before the stop: {out} {err:?}"
+    );
+    assert!(
+        output.status.success(),
+        "the load completes without the stopped node: {out} {err:?}"
     );
     let admin = victim_process.admin.expect("an admin address");
     wait_until(

@@ -40,6 +40,9 @@ pub struct Process {
     pub paused: bool,
     /// Starts so far (the first included): the log marker of start `n` is the `n`-th.
     starts: usize,
+    /// `--join ADDR` for a node that re-joined as a new machine (kept for its restarts: a
+    /// join of a node already in the map only updates its addresses).
+    join: Option<SocketAddr>,
 }
 
 /// The processes and files of one run.
@@ -48,6 +51,9 @@ pub struct Cluster {
     dir: PathBuf,
     pub processes: Vec<Process>,
     pub members: Vec<MemberConfig>,
+    /// The Raft voters' ids (`raft.voters`); the other nodes are learners, which
+    /// `cluster remove` can remove.
+    pub voters: Vec<u64>,
     /// `client.toml`: the operator's configuration (an operator certificate, every node).
     pub client_config: PathBuf,
     pub routers: Vec<SocketAddr>,
@@ -152,6 +158,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 starts: 0,
+                join: None,
             });
         }
         Ok(Self {
@@ -159,6 +166,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             processes,
             members,
+            voters: config.raft.voters.clone(),
             client_config,
             routers,
         })
@@ -198,6 +206,11 @@ impl Cluster {
             .arg(command)
             .arg("--config")
             .arg(&p.config)
+            .args(
+                p.join
+                    .iter()
+                    .flat_map(|a| ["--join".to_string(), a.to_string()]),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -258,6 +271,23 @@ impl Cluster {
         }
         p.paused = false;
         Ok(())
+    }
+
+    /// Node `name` comes back as a new machine would after `cluster remove`: stopped, its data
+    /// directory wiped, started with `--join via`. It joins in state `joining`, holding
+    /// nothing.
+    ///
+    /// # Errors
+    /// The data directory cannot be removed, or the node does not start again.
+    pub fn rejoin(&mut self, name: &str, via: SocketAddr) -> Result<(), ChaosError> {
+        self.kill(name)?;
+        let data = self.dir.join("data").join(name);
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| ChaosError::io(&data, e))?;
+        }
+        let i = self.index(name)?;
+        self.processes[i].join = Some(via);
+        self.start(name)
     }
 
     /// SIGSTOP (`pause`) or SIGCONT of process `name`.

@@ -1,6 +1,7 @@
 //! After the final heal: has the cluster converged? Every node's own view (`/v1/status` of its
 //! admin listener) and every router's (`/v1/cluster`) must agree on one leader, one epoch and
-//! one active version, with no one stale and every node `up`.
+//! one active version, with no one stale, every node in the map and `up` (or `joining`, holding
+//! nothing, after a removal and a re-join).
 
 use crate::client;
 use crate::cluster::Cluster;
@@ -127,11 +128,25 @@ fn converged_once(
             ));
         }
         let nodes = json["nodes"].as_array().cloned().unwrap_or_default();
-        if let Some(not_up) = nodes.iter().find(|n| n["state"].as_str() != Some("up")) {
+        // A node that re-joined after a removal is `joining` and holds nothing until a
+        // rebalancing gives it partitions (not built yet): that is its steady state.
+        let settled = |n: &serde_json::Value| match n["state"].as_str() {
+            Some("up") => true,
+            Some("joining") => n["partitions"].as_u64() == Some(0),
+            _ => false,
+        };
+        if let Some(not_up) = nodes.iter().find(|n| !settled(n)) {
             return Err(format!(
-                "{name}: node {} is {}",
-                not_up["id"], not_up["state"]
+                "{name}: node {} is {} ({} partitions)",
+                not_up["id"], not_up["state"], not_up["partitions"]
             ));
+        }
+        if let Some(missing) = cluster
+            .members
+            .iter()
+            .find(|m| !nodes.iter().any(|n| n["id"].as_u64() == Some(m.id)))
+        {
+            return Err(format!("{name}: node {} is not in the map", missing.name));
         }
     }
     Ok(active)

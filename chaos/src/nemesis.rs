@@ -49,10 +49,16 @@ pub enum FaultKind {
     /// while the next faults come and go (one load at a time) and ends as it ends: staged and
     /// active, refused, without quorum, or killed after 60 s.
     Load,
+    /// `cluster remove ID` of a node that is not a Raft voter: its partitions get new
+    /// replicas, which fetch them from the copies that stay. At heal it comes back as a new
+    /// machine would: data directory wiped, `scoregrid node --join`, state `joining`, holding
+    /// nothing (moving partitions onto a joined node is not built yet). Needs a node beyond
+    /// the voters: `--nodes 4`, or 6 and more.
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::PartitionHalves,
         FaultKind::PartitionLeader,
         FaultKind::PartitionBridge,
@@ -67,6 +73,7 @@ impl FaultKind {
         FaultKind::Flip,
         FaultKind::Maintenance,
         FaultKind::Load,
+        FaultKind::Membership,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +92,7 @@ impl FaultKind {
             FaultKind::Flip => "flip",
             FaultKind::Maintenance => "maintenance",
             FaultKind::Load => "load",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -125,6 +133,8 @@ enum InForce {
     Killed(String),
     Paused(String),
     Maintenance(u64),
+    /// Removed (or perhaps: the removal's outcome is unknown): re-joins at heal.
+    Removed(String),
     Nothing,
 }
 
@@ -293,6 +303,28 @@ impl Nemesis<'_> {
                 operator = Some(self.maintenance(&node, id, true).0);
                 (node, InForce::Maintenance(id))
             }
+            FaultKind::Membership => {
+                let learners: Vec<String> = self
+                    .cluster
+                    .members
+                    .iter()
+                    .filter(|m| !self.cluster.voters.contains(&m.id))
+                    .map(|m| m.name.clone())
+                    .collect();
+                let node = self.rng.pick(&learners).cloned().ok_or_else(|| {
+                    ChaosError::Invalid("membership faults need a node that is not a voter".into())
+                })?;
+                let via = self.random_voter()?;
+                let id = self.node_id(&node);
+                let (op, code) = self.remove(&via, id);
+                operator = Some(op);
+                let in_force = if code == Some(1) {
+                    InForce::Nothing
+                } else {
+                    InForce::Removed(node.clone())
+                };
+                (format!("{node} via {via}"), in_force)
+            }
             FaultKind::Load => {
                 let via = self.random_node()?;
                 if let Some(version) = self.loads.abandoned() {
@@ -336,6 +368,17 @@ impl Nemesis<'_> {
             InForce::Network => self.network.heal()?,
             InForce::Killed(node) => self.cluster.start(node)?,
             InForce::Paused(node) => self.cluster.pause(node, false)?,
+            InForce::Removed(node) => {
+                let via = self.random_voter()?;
+                let addr = self
+                    .cluster
+                    .members
+                    .iter()
+                    .find(|m| m.name == via)
+                    .map(|m| m.addr)
+                    .ok_or_else(|| ChaosError::Invalid(format!("no node {via}")))?;
+                self.cluster.rejoin(node, addr)?;
+            }
             InForce::Maintenance(id) => {
                 let mut last = None;
                 for _ in 0..5 {
@@ -398,6 +441,34 @@ impl Nemesis<'_> {
             self.previous = std::mem::replace(&mut self.active, finished.version);
         }
         Ok(Some((finished.invoke_ms, finished.op)))
+    }
+
+    /// `cluster remove ID` through node `via`: its history entry and exit code.
+    fn remove(&self, via: &str, id: u64) -> (Op, Option<i32>) {
+        let outcome = self.operator(via, &["cluster", "remove", &id.to_string()]);
+        let code = outcome.as_ref().ok().and_then(|o| o.0);
+        let op = Op::Operator {
+            command: format!("cluster remove {id} via {via}"),
+            version: None,
+            code,
+            message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
+            minority: false,
+        };
+        (op, code)
+    }
+
+    fn random_voter(&mut self) -> Result<String, ChaosError> {
+        let voters: Vec<String> = self
+            .cluster
+            .members
+            .iter()
+            .filter(|m| self.cluster.voters.contains(&m.id))
+            .map(|m| m.name.clone())
+            .collect();
+        self.rng
+            .pick(&voters)
+            .cloned()
+            .ok_or_else(|| ChaosError::Invalid("no voter".into()))
     }
 
     /// `model drop V` through node `via`, for a version the run gave up loading.

@@ -148,7 +148,13 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
         )));
     }
 
-    let mut kinds = applicable(&options.faults, options.nodes);
+    let has_learner = cluster.members.len() > cluster.voters.len();
+    if options.faults.contains(&FaultKind::Membership) && !has_learner {
+        println!(
+            "chaos: no membership faults: every node is a Raft voter (--nodes 4, or 6 and more, gives one that is not)"
+        );
+    }
+    let mut kinds = applicable(&options.faults, options.nodes, has_learner);
     if kinds.contains(&FaultKind::Delay) && !network.has_netem() {
         println!(
             "chaos: no delay faults: this kernel has no netem (tc qdisc ... netem is refused)"
@@ -234,13 +240,15 @@ fn base_weights(config: &Config) -> ScoringWeights {
     }
 }
 
-/// The kinds of fault that make sense for `nodes` nodes (a ring needs 5).
-fn applicable(kinds: &[FaultKind], nodes: u32) -> Vec<FaultKind> {
+/// The kinds of fault that make sense for `nodes` nodes (a ring needs 5, a removal a node
+/// that is not a voter).
+fn applicable(kinds: &[FaultKind], nodes: u32, has_learner: bool) -> Vec<FaultKind> {
     kinds
         .iter()
         .copied()
         .filter(|k| match k {
             FaultKind::PartitionRing => nodes >= 5,
+            FaultKind::Membership => has_learner,
             FaultKind::PartitionHalves
             | FaultKind::PartitionBridge
             | FaultKind::PartitionLeader => nodes >= 2,

@@ -101,6 +101,30 @@ impl ClusterClient {
         }
     }
 
+    /// This client, with every node of `map` that is not one of its seeds after them: a long
+    /// task (a load) that began through one node goes on through the others when that one
+    /// stops answering. (A node that answers, even "no quorum", is not passed over.)
+    pub fn with_nodes_of(&self, endpoint: &ClientEndpoint, map: &ClusterMap) -> Self {
+        let mut nodes = self.nodes.clone();
+        for node in &map.nodes {
+            let Ok(addr) = node.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            if nodes.iter().any(|(seed, _)| seed.addr == addr) {
+                continue;
+            }
+            let seed = Seed {
+                id: Some(node.id),
+                addr,
+                name: Some(node.name.clone()),
+            };
+            if let Some(client) = seed.client(endpoint) {
+                nodes.push((seed, client));
+            }
+        }
+        Self::with_clients(nodes, self.timeout)
+    }
+
     /// Sends `request` to each seed in turn until one answers.
     ///
     /// # Errors

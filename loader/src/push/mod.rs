@@ -274,6 +274,7 @@ pub async fn push(
     }
     let started = Instant::now();
     let map = current_map(client, Epoch(0)).await?;
+    let client = &client.with_nodes_of(endpoint, &map);
     let PushModel {
         directory,
         files,
