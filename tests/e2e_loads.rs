@@ -75,6 +75,23 @@ async fn scoregrid_async(config: &Path, args: &[&str]) -> (i32, String, String) 
     .expect("command task")
 }
 
+/// `scoregrid ARGS` (a load) started in the background and slowed down (one copy at a time,
+/// 4 KiB pieces), with its output piped, so that a test can act while it runs.
+fn slow_loader(config: &Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_scoregrid"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs([
+            ("SCOREGRID_LOAD_PARALLELISM", "1"),
+            ("SCOREGRID_LOAD_CHUNK_BYTES", "4096"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the loader")
+}
+
 /// One answer the reader got.
 #[derive(Clone, Debug)]
 struct Answer {
@@ -458,24 +475,15 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
 
     // 5. The loader killed mid-load (slowed down: one copy at a time, 4 KiB pieces).
     let (v4_dir, v4) = model(&root, "v4", "34", "3000");
-    let slow = [
-        ("SCOREGRID_LOAD_PARALLELISM", "1"),
-        ("SCOREGRID_LOAD_CHUNK_BYTES", "4096"),
-    ];
-    let mut loader = std::process::Command::new(env!("CARGO_BIN_EXE_scoregrid"))
-        .arg("--config")
-        .arg(&client)
-        .args([
+    let mut loader = slow_loader(
+        &client,
+        &[
             "load",
             "--model",
             v4_dir.to_str().expect("utf-8"),
             "--no-activate",
-        ])
-        .envs(slow)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the loader");
+        ],
+    );
     let stderr = loader.stderr.take().expect("stderr");
     let mut progress_seen = Vec::new();
     for line in std::io::BufReader::new(stderr).lines() {
@@ -524,15 +532,10 @@ async fn nightly_loads_flip_once_roll_back_and_resume() {
     // killed mid-load failed with "no node answered").
     let victim_addr = victim_process.addr.to_string();
     let v5_arg = v5_dir.to_str().expect("utf-8").to_owned();
-    let mut loader = std::process::Command::new(env!("CARGO_BIN_EXE_scoregrid"))
-        .arg("--config")
-        .arg(&client)
-        .args(["load", "--model", &v5_arg, "--cluster", &victim_addr])
-        .envs(slow)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the loader");
+    let mut loader = slow_loader(
+        &client,
+        &["load", "--model", &v5_arg, "--cluster", &victim_addr],
+    );
     let stderr = loader.stderr.take().expect("stderr");
     let (under_way, progress) = std::sync::mpsc::channel();
     let stderr_lines = std::thread::spawn(move || {

@@ -371,11 +371,7 @@ impl Nemesis<'_> {
             InForce::Removed(node) => {
                 let via = self.random_voter()?;
                 let addr = self
-                    .cluster
-                    .members
-                    .iter()
-                    .find(|m| m.name == via)
-                    .map(|m| m.addr)
+                    .member_addr(&via)
                     .ok_or_else(|| ChaosError::Invalid(format!("no node {via}")))?;
                 self.cluster.rejoin(node, addr)?;
             }
@@ -416,16 +412,27 @@ impl Nemesis<'_> {
     /// was acknowledged.
     fn maintenance(&self, via: &str, id: u64, on: bool) -> (Op, bool) {
         let state = if on { "on" } else { "off" };
-        let outcome = self.operator(via, &["cluster", "maintenance", &id.to_string(), state]);
+        let (op, code) = self.map_change(
+            via,
+            &["cluster", "maintenance", &id.to_string(), state],
+            format!("cluster maintenance {id} {state}"),
+        );
+        (op, code == Some(0))
+    }
+
+    /// An operator command through node `via` that changes the map but activates nothing:
+    /// its history entry (named `command`) and exit code.
+    fn map_change(&self, via: &str, args: &[&str], command: String) -> (Op, Option<i32>) {
+        let outcome = self.operator(via, args);
         let code = outcome.as_ref().ok().and_then(|o| o.0);
         let op = Op::Operator {
-            command: format!("cluster maintenance {id} {state}"),
+            command,
             version: None,
             code,
             message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
             minority: false,
         };
-        (op, code == Some(0))
+        (op, code)
     }
 
     /// The load that has just ended, if one has: when (it was invoked) and its history entry.
@@ -445,16 +452,11 @@ impl Nemesis<'_> {
 
     /// `cluster remove ID` through node `via`: its history entry and exit code.
     fn remove(&self, via: &str, id: u64) -> (Op, Option<i32>) {
-        let outcome = self.operator(via, &["cluster", "remove", &id.to_string()]);
-        let code = outcome.as_ref().ok().and_then(|o| o.0);
-        let op = Op::Operator {
-            command: format!("cluster remove {id} via {via}"),
-            version: None,
-            code,
-            message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
-            minority: false,
-        };
-        (op, code)
+        self.map_change(
+            via,
+            &["cluster", "remove", &id.to_string()],
+            format!("cluster remove {id} via {via}"),
+        )
     }
 
     fn random_voter(&mut self) -> Result<String, ChaosError> {
@@ -473,14 +475,12 @@ impl Nemesis<'_> {
 
     /// `model drop V` through node `via`, for a version the run gave up loading.
     fn drop_version(&self, via: &str, version: &str) -> Op {
-        let outcome = self.operator(via, &["model", "drop", version]);
-        Op::Operator {
-            command: format!("model drop {version} via {via}"),
-            version: None,
-            code: outcome.as_ref().ok().and_then(|o| o.0),
-            message: outcome.map_or_else(|e| e.to_string(), |o| o.1),
-            minority: false,
-        }
+        self.map_change(
+            via,
+            &["model", "drop", version],
+            format!("model drop {version} via {via}"),
+        )
+        .0
     }
 
     /// `model activate` of the version active before the one believed active (a rollback),
@@ -518,12 +518,17 @@ impl Nemesis<'_> {
             .map_or(0, |m| m.id)
     }
 
-    fn addr_of(&self, name: &str) -> String {
+    fn member_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
         self.cluster
             .members
             .iter()
             .find(|m| m.name == name)
-            .map(|m| m.addr.to_string())
+            .map(|m| m.addr)
+    }
+
+    fn addr_of(&self, name: &str) -> String {
+        self.member_addr(name)
+            .map(|a| a.to_string())
             .unwrap_or_default()
     }
 

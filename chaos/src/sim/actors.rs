@@ -58,7 +58,10 @@ pub struct Clients {
     pub started: Instant,
 }
 
-async fn propose(member: &Member, command: MapCommand) -> Result<MapResponse, ClusterError> {
+pub(super) async fn propose(
+    member: &Member,
+    command: MapCommand,
+) -> Result<MapResponse, ClusterError> {
     let caller = Caller {
         peer: PeerIdentity {
             name: "operator".into(),

@@ -1,13 +1,13 @@
 //! Regression scenarios on the simulated network, with real members: each reproduces one bug
 //! that a chaos run found, under conditions set by hand rather than by a seed.
 
+use super::actors::propose;
 use super::cluster::Cluster;
 use super::nemesis::current_leader;
 use super::net::{FIRST_ROUTER, Net, NetHandle};
 use scoregrid_raft::client::{ClusterClient, Seed};
 use scoregrid_raft::command::{MapCommand, MapResponse};
-use scoregrid_raft::protocol::{ClusterReply, ClusterRequest};
-use scoregrid_wire::{Caller, NodeId, PeerIdentity, Role};
+use scoregrid_wire::NodeId;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -61,15 +61,11 @@ fn a_client_reads_its_own_change_through_a_follower_that_lags() {
         net.links.borrow_mut().cut.insert((lagging, leader));
         let members = cluster.running();
         let leading = &members.iter().find(|(id, _)| *id == leader).unwrap().1;
-        let epoch = match propose(
-            leading,
-            MapCommand::Maintenance {
-                id: NodeId(other),
-                on: true,
-            },
-        )
-        .await
-        {
+        let maintenance = MapCommand::Maintenance {
+            id: NodeId(other),
+            on: true,
+        };
+        let epoch = match propose(leading, maintenance).await.unwrap() {
             MapResponse::Applied { epoch } => epoch,
             other => panic!("the maintenance was not applied: {other:?}"),
         };
@@ -104,26 +100,4 @@ fn a_client_reads_its_own_change_through_a_follower_that_lags() {
         }
     });
     let _ = std::fs::remove_dir_all(&root);
-}
-
-async fn propose(member: &scoregrid_raft::member::Member, command: MapCommand) -> MapResponse {
-    let caller = Caller {
-        peer: PeerIdentity {
-            name: "operator".into(),
-            role: Role::Operator,
-        },
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        epoch: 0,
-        deadline: Instant::now() + Duration::from_secs(5),
-    };
-    let request = ClusterRequest::Propose {
-        command,
-        origin: Role::Operator,
-        forwarded: false,
-    };
-    let payload = scoregrid_wire::codec::encode(&request).unwrap();
-    match member.handle_cluster(&payload, &caller).await {
-        ClusterReply::Proposed(response) => response,
-        other => panic!("{other:?}"),
-    }
 }
