@@ -768,9 +768,11 @@ async fn control(member: Arc<Member>, mut stopped: watch::Receiver<bool>) {
 ///   elections are switched off (`Raft::enable_elect`) until a later poll allows them.
 /// - openraft draws each member's election timeout once, at start, and checks it on a tick of
 ///   1.5 heartbeats: two candidates whose timers fire on the same tick after their own votes
-///   collide again in every election. A voter that may win and has had no leader for two
-///   maximum election timeouts starts an election itself after a delay drawn anew each time,
-///   which no two members repeat.
+///   collide again in every election. A voter that may win and has had no leader for one
+///   maximum election timeout starts an election itself after a delay drawn anew each time
+///   (below one more), which no two members repeat. (Two timeouts plus the delay could take
+///   the whole of the 3 election timeouts a cluster gets to converge after a heal: `chaos
+///   sim`, CHAOS.md bug 6.)
 #[derive(Default)]
 struct ElectionGuard {
     /// Whether this member's own election timer is switched off.
@@ -802,7 +804,7 @@ impl ElectionGuard {
         }
         let now = Instant::now();
         let since = *self.leaderless_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < settings.election_timeout_max * 2 {
+        if now.saturating_duration_since(since) < settings.election_timeout_max {
             return;
         }
         let kick_at = *self.kick_at.get_or_insert_with(|| {
