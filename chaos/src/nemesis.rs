@@ -196,11 +196,14 @@ impl Nemesis<'_> {
         let (detail, in_force) = match kind {
             FaultKind::PartitionHalves => {
                 let nodes = self.shuffled_nodes();
-                let (minority, majority) = nodes.split_at(nodes.len() / 2);
-                self.cut_between(minority, majority)?;
-                minority_side = minority.to_vec();
+                let (small, large) = nodes.split_at(nodes.len() / 2);
+                self.cut_between(small, large)?;
+                // Quorum is over the voters: with a learner, the smaller half may hold most
+                // of them.
+                let voters = self.voter_names();
+                minority_side = side_without_quorum(small, large, &voters).to_vec();
                 (
-                    format!("{} | {}", minority.join(" "), majority.join(" ")),
+                    format!("{} | {}", small.join(" "), large.join(" ")),
                     InForce::Network,
                 )
             }
@@ -459,14 +462,17 @@ impl Nemesis<'_> {
         )
     }
 
-    fn random_voter(&mut self) -> Result<String, ChaosError> {
-        let voters: Vec<String> = self
-            .cluster
+    fn voter_names(&self) -> Vec<String> {
+        self.cluster
             .members
             .iter()
             .filter(|m| self.cluster.voters.contains(&m.id))
             .map(|m| m.name.clone())
-            .collect();
+            .collect()
+    }
+
+    fn random_voter(&mut self) -> Result<String, ChaosError> {
+        let voters = self.voter_names();
         self.rng
             .pick(&voters)
             .cloned()
@@ -552,9 +558,35 @@ impl Nemesis<'_> {
     }
 }
 
+/// Of two sides of a partition, the one that holds at most half of the `voters` (none of it
+/// can commit); empty when each holds more than half (never, with both sides disjoint).
+fn side_without_quorum<'s>(a: &'s [String], b: &'s [String], voters: &[String]) -> &'s [String] {
+    let count = |side: &[String]| side.iter().filter(|n| voters.contains(n)).count();
+    if 2 * count(a) <= voters.len() {
+        a
+    } else if 2 * count(b) <= voters.len() {
+        b
+    } else {
+        &[]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_side_without_quorum_is_counted_in_voters_not_nodes() {
+        let names = |list: &[&str]| list.iter().map(|n| (*n).to_string()).collect::<Vec<_>>();
+        let voters = names(&["n1", "n2", "n3"]);
+        // 4 nodes, n4 a learner: the half {n1, n2} holds two voters of three, a quorum.
+        let (a, b) = (names(&["n1", "n2"]), names(&["n3", "n4"]));
+        assert_eq!(side_without_quorum(&a, &b, &voters), b.as_slice());
+        let (a, b) = (names(&["n1", "n4"]), names(&["n2", "n3"]));
+        assert_eq!(side_without_quorum(&a, &b, &voters), a.as_slice());
+        let (a, b) = (names(&["n1"]), names(&["n2", "n3"]));
+        assert_eq!(side_without_quorum(&a, &b, &voters), a.as_slice());
+    }
 
     #[test]
     fn fault_lists_parse_and_name_what_is_unknown() {
