@@ -94,6 +94,18 @@ fn a_seed_names_one_schedule_of_faults() {
     }
 }
 
+/// Runs one seed and fails with its violations and events if it has any (`what` prefixes
+/// the message).
+fn runs_clean(base: &std::path::Path, seed: u64, members: u64, what: &str) {
+    let run = sim::run(seed, members, base).expect("runs");
+    assert!(
+        run.violations.is_empty(),
+        "{what}{}\n{}",
+        run.violations.join("\n"),
+        run.events.join("\n")
+    );
+}
+
 /// Bug 2 (CHAOS.md), found by this simulation: after a one-way fault left leader n1 of term 1
 /// cut off, a split {n1, n4} | {n2, n3, n5} put it on the minority side with follower n4. n1
 /// kept sending heartbeats, and n4 counted them as contact with a quorum: its map views said
@@ -101,13 +113,7 @@ fn a_seed_names_one_schedule_of_faults() {
 /// majority had moved past.
 #[test]
 fn a_follower_of_a_leader_without_quorum_says_its_map_is_stale() {
-    let run = sim::run(11, 5, &sim::default_base()).expect("runs");
-    assert!(
-        run.violations.is_empty(),
-        "{}\n{}",
-        run.violations.join("\n"),
-        run.events.join("\n")
-    );
+    runs_clean(&sim::default_base(), 11, 5, "");
 }
 
 /// Bug 3 (CHAOS.md), found by this simulation: the loader's flip to load-9 was pending on n1
@@ -115,13 +121,7 @@ fn a_follower_of_a_leader_without_quorum_says_its_map_is_stale() {
 /// entry had reached the others, and they committed it: load-9 became active.
 #[test]
 fn a_flip_pending_on_a_member_that_stops_is_not_called_refused() {
-    let run = sim::run(270, 3, &sim::default_base()).expect("runs");
-    assert!(
-        run.violations.is_empty(),
-        "{}\n{}",
-        run.violations.join("\n"),
-        run.events.join("\n")
-    );
+    runs_clean(&sim::default_base(), 270, 3, "");
 }
 
 /// Bug 6 (CHAOS.md), found by `chaos sim` in CI: seed 478 of 5 members ends with a one-way
@@ -134,12 +134,6 @@ fn a_flip_pending_on_a_member_that_stops_is_not_called_refused() {
 fn a_cluster_whose_leader_heard_nothing_converges_within_three_election_timeouts() {
     let base = sim::default_base();
     for attempt in 0..100 {
-        let run = sim::run(478, 5, &base).expect("runs");
-        assert!(
-            run.violations.is_empty(),
-            "run {attempt}: {}\n{}",
-            run.violations.join("\n"),
-            run.events.join("\n")
-        );
+        runs_clean(&base, 478, 5, &format!("run {attempt}: "));
     }
 }
