@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs `scoregrid chaos run` once per seed and prints one Markdown row per run (the table of
 # CHAOS.md "Results"): faults, reads, violations, availability overall and under the faults
-# that take a replica or a link away or move data (loads, removals), the loads during the faults
-# by outcome, and the time to converge after the final heal.
+# that take a replica or a link away, delay a link, or move data (loads, removals), the loads
+# during the faults by outcome, and the time to converge after the final heal.
 # Usage (root): [NODES=4] scripts/chaos-runs.sh [BIN] [DURATION] SEED...
 set -euo pipefail
 bin=${1:-target/release/scoregrid}
@@ -11,8 +11,8 @@ shift 2 || true
 root=${CHAOS_OUT:-/tmp/scoregrid-chaos-runs}
 nodes=${NODES:-4}
 mkdir -p "$root"
-echo "| seed | faults | reads | violations | answered 200 | complete | kill | pause | partition-router | loss | membership | load | loads: ok / refused / unknown | converged after heal |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| seed | faults | reads | violations | answered 200 | complete | kill | pause | partition-router | loss | delay | membership | load | loads: ok / refused / unknown | converged after heal |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for seed in "$@"; do
     out="$root/$seed"
     rm -rf "$out"
@@ -28,10 +28,11 @@ def pct(a, complete=False):
 f = r["by_fault"]
 conv = r.get("converge_ms")
 loads = r.get("loads", {})
-print("| %s | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %d / %d / %d | %s |" % (
+print("| %s | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d / %d / %d | %s |" % (
     sys.argv[2], r["faults"], r["requests"], len(r["violations"]),
     pct(r["availability"]), pct(r["availability"], True),
     pct(f.get("kill")), pct(f.get("pause")), pct(f.get("partition-router")), pct(f.get("loss")),
+    pct(f.get("delay")),
     pct(f.get("membership")), pct(f.get("load")),
     loads.get("acknowledged", 0), loads.get("refused", 0), loads.get("unknown", 0),
     "%.1f s" % (conv / 1000) if conv is not None else "no"))

@@ -1,8 +1,8 @@
 //! The chaos harness: a real cluster (N node processes and two routers, each in its own Linux
 //! network namespace), a seeded schedule of faults against it (partitions with nftables, kill -9,
-//! SIGSTOP, netem delay, loss and duplication, model flips, maintenance, loads of new versions)
-//! while clients read through both routers, a history of every operation, and a checker that
-//! reads the history afterwards and names every broken promise.
+//! SIGSTOP, delay (netem or NFQUEUE), loss and duplication, model flips, maintenance, loads of
+//! new versions, removals) while clients read through both routers, a history of every
+//! operation, and a checker that reads the history afterwards and names every broken promise.
 //!
 //! `scoregrid chaos run` calls [`run`]; `scoregrid chaos check DIR` calls [`check_dir`] on the
 //! history of an earlier run; `scoregrid chaos sim` runs seeds of [`sim`], the deterministic
@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - [`net`]: namespaces, the bridge, cuts and link disciplines.
+//! - [`delay`]: a packet delayer over NFQUEUE, for kernels without netem.
 //! - [`cluster`]: the processes of a run, their certificates and configurations, operator
 //!   commands.
 //! - [`nemesis`]: the kinds of fault and how each is applied and healed.
@@ -31,6 +32,7 @@ pub mod checker;
 pub mod client;
 pub mod cluster;
 mod converge;
+pub mod delay;
 pub mod history;
 pub mod loads;
 pub mod nemesis;

@@ -31,7 +31,8 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP of a node; SIGCONT at heal.
     Pause,
-    /// 50 ms ± 25 ms of delay on what one node sends (tc netem; needs a kernel with netem).
+    /// 50 ms ± 25 ms of delay on what one node sends (tc netem, or on a kernel without it
+    /// NFQUEUE and the harness's [`crate::delay::Delayer`]).
     Delay,
     /// One node's link slowed to 2 Mbit/s, queueing at most 100 ms (tc tbf).
     Slow,

@@ -1,8 +1,8 @@
 //! [`Network`]: the hosts of a run, each in its own Linux network namespace, wired to one bridge,
 //! and the faults the network can be given: cuts (nftables drop rules inside a host's
-//! namespace) and bad links on a host's interface ([`LinkFault`]: delay with tc netem, a slow
-//! link with tbf, loss and duplication with nftables, which also work on kernels built without
-//! netem).
+//! namespace) and bad links on a host's interface ([`LinkFault`]: delay with tc netem, or on a
+//! kernel built without netem with the harness's own [`Delayer`]; a slow link with tbf; loss
+//! and duplication with nftables).
 //!
 //! Layout, for run `R` (the harness's process id):
 //! - namespace `sgc-R-hub` holds bridge `br0`;
@@ -17,6 +17,7 @@
 //! so what a killed run left behind is found and removed by the next one ([`Network::sweep`]).
 
 use crate::ChaosError;
+use crate::delay::Delayer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -27,7 +28,7 @@ pub const CONTROL_HOST: u8 = 254;
 /// A bad link, on one host's interface (what it sends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkFault {
-    /// netem: every packet delayed by `ms` ± `jitter_ms`.
+    /// Every packet delayed by `ms` ± `jitter_ms` (see [`DelayMethod`]).
     Delay { ms: u32, jitter_ms: u32 },
     /// tbf: a link of `kbit` kbit/s that queues at most `latency_ms`.
     Slow { kbit: u32, latency_ms: u32 },
@@ -35,6 +36,24 @@ pub enum LinkFault {
     Loss { percent: u32 },
     /// nftables: `percent` of packets sent twice.
     Duplicate { percent: u32 },
+}
+
+/// How this kernel lets packets be delayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DelayMethod {
+    /// `tc qdisc ... netem delay`.
+    Netem,
+    /// iptables's NFQUEUE target and a [`Delayer`] thread holding the packets.
+    Nfqueue,
+}
+
+impl DelayMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            DelayMethod::Netem => "tc netem",
+            DelayMethod::Nfqueue => "iptables NFQUEUE and the harness's delayer",
+        }
+    }
 }
 
 /// One host of the run: a namespace and its address.
@@ -55,6 +74,12 @@ pub struct Network {
     cuts: BTreeSet<(usize, Ipv4Addr)>,
     /// Hosts whose link is degraded, and how.
     degraded: BTreeMap<usize, LinkFault>,
+    /// The delays in force by NFQUEUE, by host.
+    delayers: BTreeMap<usize, Delayer>,
+    /// How delays are made, once probed.
+    delay_method: Option<Option<DelayMethod>>,
+    /// Delays started so far (each draws from a seed of its own).
+    delays_started: u64,
     up: bool,
 }
 
@@ -76,7 +101,11 @@ pub(crate) fn sh(program: &str, args: &[&str]) -> Result<String, ChaosError> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn in_namespace(namespace: &str, program: &str, args: &[&str]) -> Result<String, ChaosError> {
+pub(crate) fn in_namespace(
+    namespace: &str,
+    program: &str,
+    args: &[&str],
+) -> Result<String, ChaosError> {
     let mut all = vec!["netns", "exec", namespace, program];
     all.extend_from_slice(args);
     sh("ip", &all)
@@ -104,6 +133,9 @@ impl Network {
             hosts: Vec::new(),
             cuts: BTreeSet::new(),
             degraded: BTreeMap::new(),
+            delayers: BTreeMap::new(),
+            delay_method: None,
+            delays_started: 0,
             up: true,
         };
         let hub = network.hub();
@@ -235,16 +267,29 @@ impl Network {
         let ia = self.index(a)?;
         let ns = self.hosts[ia].namespace.clone();
         match fault {
-            LinkFault::Delay { ms, jitter_ms } => {
-                let (ms, jitter) = (format!("{ms}ms"), format!("{jitter_ms}ms"));
-                in_namespace(
-                    &ns,
-                    "tc",
-                    &[
-                        "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &ms, &jitter,
-                    ],
-                )?;
-            }
+            LinkFault::Delay { ms, jitter_ms } => match self.delay_method() {
+                Some(DelayMethod::Netem) => {
+                    let (ms, jitter) = (format!("{ms}ms"), format!("{jitter_ms}ms"));
+                    in_namespace(
+                        &ns,
+                        "tc",
+                        &[
+                            "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &ms, &jitter,
+                        ],
+                    )?;
+                }
+                Some(DelayMethod::Nfqueue) => {
+                    self.delays_started += 1;
+                    let seed = u64::from(self.run) << 32 | self.delays_started;
+                    let delayer = Delayer::start(&ns, ms, jitter_ms, seed)?;
+                    self.delayers.insert(ia, delayer);
+                }
+                None => {
+                    return Err(ChaosError::Invalid(
+                        "no delay on this kernel: neither tc netem nor iptables NFQUEUE".into(),
+                    ));
+                }
+            },
             LinkFault::Slow { kbit, latency_ms } => {
                 let (rate, latency) = (format!("{kbit}kbit"), format!("{latency_ms}ms"));
                 in_namespace(
@@ -274,26 +319,27 @@ impl Network {
         Ok(())
     }
 
-    /// Whether this kernel has netem (`tc qdisc ... netem`); without it there is no delay
-    /// fault (loss and duplication use nftables, a slow link tbf).
-    pub fn has_netem(&self) -> bool {
-        let Some(host) = self.hosts.first() else {
-            return false;
-        };
-        let added = in_namespace(
-            &host.namespace,
-            "tc",
-            &["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-        )
-        .is_ok();
-        if added {
-            let _ = in_namespace(
-                &host.namespace,
-                "tc",
-                &["qdisc", "del", "dev", "lo", "root"],
-            );
+    /// How this kernel can delay packets: netem if it has it, else NFQUEUE with the legacy
+    /// iptables (CI's Firecracker guest kernels have neither netem nor nftables's `queue`);
+    /// `None` without either. Probed once, in the first host's namespace.
+    pub fn delay_method(&mut self) -> Option<DelayMethod> {
+        if let Some(method) = self.delay_method {
+            return method;
         }
-        added
+        let method = self.hosts.first().and_then(|host| {
+            let ns = &host.namespace;
+            let netem = ["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"];
+            if in_namespace(ns, "tc", &netem).is_ok() {
+                let _ = in_namespace(ns, "tc", &["qdisc", "del", "dev", "lo", "root"]);
+                return Some(DelayMethod::Netem);
+            }
+            if crate::delay::available(ns) {
+                return Some(DelayMethod::Nfqueue);
+            }
+            None
+        });
+        self.delay_method = Some(method);
+        method
     }
 
     /// Removes every cut and every degraded link.
@@ -312,6 +358,11 @@ impl Network {
         self.cuts.clear();
         for (host, fault) in std::mem::take(&mut self.degraded) {
             let ns = &self.hosts[host].namespace;
+            if let Some(delayer) = self.delayers.remove(&host) {
+                let delayed = delayer.stop()?;
+                tracing::info!(host = %self.hosts[host].name, delayed, "delay healed");
+                continue;
+            }
             match fault {
                 LinkFault::Delay { .. } | LinkFault::Slow { .. } => {
                     in_namespace(ns, "tc", &["qdisc", "del", "dev", "eth0", "root"])?
@@ -339,6 +390,8 @@ impl Network {
             return;
         }
         self.up = false;
+        // Each removes its rule and lets go of what it holds before its namespace goes.
+        self.delayers.clear();
         for host in &self.hosts {
             let _ = sh("ip", &["netns", "del", &host.namespace]);
         }

@@ -155,11 +155,16 @@ pub fn run(options: RunOptions, runtime: &tokio::runtime::Handle) -> Result<Summ
         );
     }
     let mut kinds = applicable(&options.faults, options.nodes, has_learner);
-    if kinds.contains(&FaultKind::Delay) && !network.has_netem() {
-        println!(
-            "chaos: no delay faults: this kernel has no netem (tc qdisc ... netem is refused)"
-        );
-        kinds.retain(|k| *k != FaultKind::Delay);
+    if kinds.contains(&FaultKind::Delay) {
+        match network.delay_method() {
+            Some(method) => println!("chaos: delays by {}", method.name()),
+            None => {
+                println!(
+                    "chaos: no delay faults: this kernel has no netem, and iptables-legacy's NFQUEUE target is refused"
+                );
+                kinds.retain(|k| *k != FaultKind::Delay);
+            }
+        }
     }
     println!(
         "chaos: faults {}",
