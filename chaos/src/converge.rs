@@ -57,6 +57,20 @@ pub(crate) fn leader_of_nodes(
         .ok_or_else(|| format!("no leader seen by a majority: {views:?}"))
 }
 
+/// Whether every node has applied a map (epoch 0 means none yet).
+pub(crate) fn map_on_every_node(
+    runtime: &tokio::runtime::Handle,
+    cluster: &Cluster,
+) -> Result<(), String> {
+    for (name, view) in node_views(runtime, cluster) {
+        let epoch = view?["epoch"].as_u64();
+        if epoch.unwrap_or(0) == 0 {
+            return Err(format!("{name} holds no map yet (epoch {epoch:?})"));
+        }
+    }
+    Ok(())
+}
+
 /// Waits for one leader, one map (every node at the same epoch, none stale, the same active
 /// version), every node `up` in each router's view, each router at that epoch. Returns the
 /// active version.

@@ -7,7 +7,7 @@ use crate::ChaosError;
 use crate::checker::{BEFORE_FAULTS, FINAL_READER};
 use crate::client::{self, Recorder, Rng, Workload};
 use crate::cluster::{Cluster, Kind};
-use crate::converge::{converge, leader_of_nodes};
+use crate::converge::{converge, leader_of_nodes, map_on_every_node};
 use crate::history::Op;
 use crate::loads::references_of;
 use crate::loads::{Loads, VERSIONS, gen_model, reference_of};
@@ -287,9 +287,16 @@ fn bring_up(
     for node in cluster.node_names() {
         cluster.start(&node)?;
     }
-    wait_for(Duration::from_secs(60), "a Raft leader", || {
-        leader_of_nodes(runtime, cluster).map(drop)
-    })?;
+    // A leader alone is not enough: the loader may ask a follower that has not applied the
+    // bootstrap map yet, and it would refuse with "no map yet" (CI saw it, seed 3).
+    wait_for(
+        Duration::from_secs(60),
+        "a Raft leader and a map on every node",
+        || {
+            leader_of_nodes(runtime, cluster)?;
+            map_on_every_node(runtime, cluster)
+        },
+    )?;
     for (i, (dir, version)) in models.iter().zip(VERSIONS).enumerate() {
         let dir = dir.to_string_lossy().into_owned();
         let mut args = vec!["load", "--model", dir.as_str()];
