@@ -3,6 +3,7 @@
 //! them all.
 
 mod admin;
+mod alloc;
 mod chaos;
 mod cluster_local;
 mod commands;
@@ -192,6 +193,7 @@ enum ClusterCommand {
 }
 
 fn main() -> ExitCode {
+    alloc::purge_at_once();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
