@@ -3,14 +3,13 @@
 //! Why not glibc's: under overload the router spent 13% of its CPU in glibc's `malloc` and
 //! `free` (`perf`, 2x capacity, BENCHMARKS.md 3d), for the many small short-lived allocations of
 //! HTTP requests, node calls and JSON answers across tokio's threads. With mimalloc the same
-//! cluster answered 15-18% more at capacity and 21-38% more under 2x and 4x overload, in four
-//! alternating runs on one machine.
+//! cluster answered 9-18% more at capacity, and more under overload in 15 of 16 comparisons
+//! (BENCHMARKS.md 3d, session 10).
 //!
-//! Why purge at once: mimalloc's default keeps freed pages for 10 ms and, in practice, well
-//! beyond, which held the loader at 107 MiB peak RSS for an 84 MiB model (39 MiB on glibc) and the
-//! router at 1.6x its idle RSS after a load had passed (`tests/e2e_loads.rs` and
-//! `tests/e2e_overload.rs` failed). Purging at once gave 53 MiB and the idle level back, at no
-//! cost in the runs above.
+//! Why purge at once: mimalloc's default delays giving freed pages back, which held the loader
+//! at 107 MiB peak RSS for an 84 MiB model (39 MiB on glibc) and the router at 1.6x its idle RSS
+//! after a load had passed (`tests/e2e_loads.rs` and `tests/e2e_overload.rs` failed). Purging at
+//! once gave 54 MiB and the idle level back, with the throughput gains above.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
